@@ -1,0 +1,53 @@
+"""Chooses the CPU or the CUDA implementation from the input arrays.
+
+NumPy arrays (and anything ``np.asarray`` accepts) run on the CPU kernels.
+Objects exposing ``__cuda_array_interface__`` -- numba device arrays, CuPy
+arrays, PyTorch CUDA tensors -- run on the numba.cuda kernels in
+``fastxent.cuda``, imported only when first needed so that ``import fastxent``
+works on machines without CUDA.
+"""
+
+from __future__ import annotations
+
+import functools
+from types import ModuleType
+from typing import Any, Callable, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def is_cuda_array(obj: Any) -> bool:
+    """True for objects that live on an NVIDIA GPU (``__cuda_array_interface__``).
+
+    ``hasattr`` is False for PyTorch CPU tensors: their property raises
+    AttributeError."""
+    return hasattr(obj, "__cuda_array_interface__")
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_api() -> ModuleType:
+    """The CUDA implementations of the public functions (``fastxent.cuda.api``)."""
+    try:
+        from fastxent.cuda import api
+    except ImportError as exc:  # numba-cuda missing, or no CUDA driver
+        raise RuntimeError(
+            "a CUDA array was passed, but fastxent's CUDA kernels cannot be loaded: "
+            f"{exc}. Install the 'cuda' extra (pip install 'fastxent[cuda]') on a machine "
+            "with an NVIDIA GPU and driver."
+        ) from exc
+    return api
+
+
+def dispatch(fn: F) -> F:
+    """Route a public function to ``fastxent.cuda.api.<same name>`` when any
+    positional array argument is a CUDA array; otherwise run the CPU body."""
+    name = fn.__name__
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        for a in args:
+            if is_cuda_array(a):
+                return getattr(cuda_api(), name)(*args, **kwargs)
+        return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]

@@ -1,0 +1,102 @@
+"""CPU kernels: binary cross-entropy, from probabilities and from logits.
+
+Elementwise over flat contiguous arrays, in tasks of ``task_elements``
+elements; each task writes its partial loss sum (for "mean"/"sum") or the
+per-element losses (for "none"), so nothing of the input's size is allocated
+beyond the outputs.  ``weight``, ``pos_weight`` and ``grad_scale`` are None or
+arrays already broadcast to the input's size.
+
+Probabilities outside [0, 1] are flagged per task (first bad index) and
+reported by the caller after the kernel: the kernel writes only into buffers
+that the caller owns.
+"""
+
+import math
+
+import numpy as np
+from numba import prange
+
+from fastxent._jit import helper, kernel
+from fastxent.cpu._fastmath import fast_exp
+
+
+@helper
+def optional_at(a, k, default):
+    """a[k], or ``default`` when ``a`` is None (pruned at compile time)."""
+    if a is None:
+        return default
+    return a[k]
+
+
+@helper
+def clamped_log(v):
+    """log(v) clamped at -100 like PyTorch's BCE; NaN stays NaN."""
+    lv = math.log(v) if v > 0.0 else -np.inf
+    if v != v:
+        return v
+    return -100.0 if lv < -100.0 else lv
+
+
+@helper
+def bce_probs_element(p, t, w):
+    """(loss, dloss/dp) for one probability p and target t, weight w."""
+    loss = -w * (t * clamped_log(p) + (1.0 - t) * clamped_log(1.0 - p))
+    denom = p * (1.0 - p)
+    denom = 1e-12 if denom < 1e-12 else denom
+    return loss, w * (p - t) / denom
+
+
+@helper
+def bce_logits_element(x, t, w, pw):
+    """(loss, dloss/dx) for one logit x, target t, weight w, positive weight pw
+    (PyTorch's stable form: log1p(exp(-|x|)) never overflows)."""
+    e = fast_exp(-abs(x))
+    log_weight = 1.0 + (pw - 1.0) * t
+    loss = w * ((1.0 - t) * x + log_weight * (math.log1p(e) + max(-x, 0.0)))
+    sigmoid = 1.0 / (1.0 + e) if x >= 0.0 else e / (1.0 + e)
+    if x != x:
+        loss = x
+        sigmoid = x
+    return loss, w * (sigmoid * log_weight - pw * t)
+
+
+@kernel
+def _bce_flat(values, target, weight, pos_weight, logits, grad_scale, scale,
+              loss_out, partial, grad, bad, task_elements):
+    n = values.shape[0]
+    for task in prange((n + task_elements - 1) // task_elements):
+        start = task * task_elements
+        stop = min(start + task_elements, n)
+        total = 0.0
+        first_bad = -1
+        for k in range(start, stop):
+            v = np.float64(values[k])
+            t = np.float64(target[k])
+            w = optional_at(weight, k, 1.0)
+            if logits:
+                loss, d = bce_logits_element(v, t, w, optional_at(pos_weight, k, 1.0))
+            else:
+                if (v < 0.0 or v > 1.0) and first_bad < 0:
+                    first_bad = k
+                loss, d = bce_probs_element(v, t, w)
+            if loss_out is None:
+                total += loss
+            else:
+                loss_out[k] = loss
+            if grad is not None:
+                grad[k] = d * scale * optional_at(grad_scale, k, 1.0)
+        partial[task] = total
+        bad[task] = first_bad
+
+
+def bce_flat(values, target, weight, pos_weight, logits: bool, grad_scale, scale: float,
+             loss_out, grad, task_elements: int):
+    """Run the BCE kernel; returns (sum of the losses, first index of a
+    probability outside [0, 1] or -1).  ``loss_out`` None = reduce."""
+    n_tasks = max(1, (values.shape[0] + task_elements - 1) // task_elements)
+    partial = np.zeros(n_tasks)
+    bad = np.full(n_tasks, -1, dtype=np.int64)
+    _bce_flat(values.size, values, target, weight, pos_weight, logits, grad_scale, scale,
+              loss_out, partial, grad, bad, task_elements)
+    flagged = bad[bad >= 0]
+    return float(partial.sum()), int(flagged[0]) if flagged.size else -1

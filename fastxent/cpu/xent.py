@@ -1,0 +1,160 @@
+"""CPU kernels: softmax cross-entropy from logits, with the fused gradient.
+
+One pass per row computes (max, sum exp) -- the row stays in cache -- and a
+second pass writes the gradient  scale * (A * softmax - B * w)  with the
+target's correction, so no N x C temporary exists beyond the output (which
+may be the logits themselves, for an in-place gradient).
+
+Notation for one row (seed 000): p = softmax(x), lse = log sum exp x,
+class weights w (all ones without ``weight``), smoothing eps, C classes.
+
+* Hard label y:  loss = (1-eps) w_y (lse - x_y) + eps/C * sum_c w_c (lse - x_c)
+                 dloss/dx_c = A p_c - (eps/C) w_c - [c = y] (1-eps) w_y,
+                 A = (1-eps) w_y + (eps/C) sum_c w_c.
+* Soft target t: t' = (1-eps) t + eps/C,  loss = sum_c w_c t'_c (lse - x_c)
+                 dloss/dx_c = p_c sum_k w_k t'_k - w_c t'_c.
+
+``row_scale[i]`` (reduction and grad_output folded together) multiplies row
+i's gradient; per-row losses go to ``loss_out`` (float64) unscaled.
+"""
+
+import math
+
+import numpy as np
+from numba import prange
+
+from fastxent._jit import helper, kernel
+from fastxent.cpu._rows import row_max_and_sum_exp, row_sum, task_rows
+from fastxent.cpu._fastmath import fast_exp
+
+
+@helper
+def class_weight(weight, c):
+    """w_c, or 1 without class weights (the branch is pruned at compile time)."""
+    if weight is None:
+        return 1.0
+    return weight[c]
+
+
+@helper
+def weighted_row_sum(x, weight):
+    """sum_c w_c x_c in float64 (the label-smoothing term)."""
+    if weight is None:
+        return row_sum(x)
+    s = 0.0
+    for j in range(x.shape[0]):
+        s += weight[j] * np.float64(x[j])
+    return s
+
+
+@helper
+def write_softmax_grad(x, m, inv_sum, a, b, weight, grad):
+    """grad_c = a * softmax(x)_c - b * w_c   (softmax = exp(x - m) * inv_sum)."""
+    a_inv = x.dtype.type(a * inv_sum)
+    if weight is None:
+        bt = x.dtype.type(b)
+        for j in range(x.shape[0]):
+            grad[j] = fast_exp(x[j] - m) * a_inv - bt
+    else:
+        for j in range(x.shape[0]):
+            grad[j] = fast_exp(x[j] - m) * a_inv - x.dtype.type(b * weight[j])
+
+
+@kernel
+def _xent_hard_rows(logits, labels, weight, weight_total, ignore_index, smoothing,
+                    row_scale, loss_out, grad, rows_per_task):
+    n_rows, n_classes = logits.shape
+    eps_c = smoothing / n_classes if n_classes > 0 else 0.0
+    for task in prange((n_rows + rows_per_task - 1) // rows_per_task):
+        start, stop = task_rows(task, rows_per_task, n_rows)
+        for i in range(start, stop):
+            y = labels[i]
+            if y == ignore_index:
+                loss_out[i] = 0.0
+                if grad is not None:
+                    grad[i, :] = 0
+                continue
+            x = logits[i]
+            m, s = row_max_and_sum_exp(x)
+            lse = np.float64(m) + math.log(s)
+            w_y = class_weight(weight, y)
+            loss = (1.0 - smoothing) * w_y * (lse - np.float64(x[y]))
+            if smoothing != 0.0:
+                loss += eps_c * (lse * weight_total - weighted_row_sum(x, weight))
+            loss_out[i] = loss
+            if grad is not None:
+                scale = row_scale[i]
+                a = scale * ((1.0 - smoothing) * w_y + eps_c * weight_total)
+                write_softmax_grad(x, m, 1.0 / s, a, scale * eps_c, weight, grad[i])
+                grad[i, y] -= grad.dtype.type(scale * (1.0 - smoothing) * w_y)
+
+
+@kernel
+def _xent_soft_rows(logits, target, weight, smoothing, row_scale, loss_out, grad,
+                    rows_per_task):
+    n_rows, n_classes = logits.shape
+    eps_c = smoothing / n_classes if n_classes > 0 else 0.0
+    for task in prange((n_rows + rows_per_task - 1) // rows_per_task):
+        start, stop = task_rows(task, rows_per_task, n_rows)
+        for i in range(start, stop):
+            x = logits[i]
+            t = target[i]
+            m, s = row_max_and_sum_exp(x)
+            lse = np.float64(m) + math.log(s)
+            # loss = lse * sum_c w_c t'_c - sum_c w_c t'_c x_c
+            wt_sum = 0.0
+            wtx_sum = 0.0
+            for j in range(n_classes):
+                wt = class_weight(weight, j) * ((1.0 - smoothing) * np.float64(t[j]) + eps_c)
+                wt_sum += wt
+                # 0 * (-inf) would be NaN: a masked class with no target mass adds 0
+                if wt != 0.0:
+                    wtx_sum += wt * np.float64(x[j])
+            loss_out[i] = lse * wt_sum - wtx_sum
+            if grad is not None:
+                scale = row_scale[i]
+                g = grad[i]
+                a = x.dtype.type(scale * wt_sum / s)
+                for j in range(n_classes):
+                    wt = class_weight(weight, j) * ((1.0 - smoothing) * np.float64(t[j]) + eps_c)
+                    g[j] = fast_exp(x[j] - m) * a - x.dtype.type(scale * wt)
+
+
+@kernel
+def _scan_labels(labels, n_classes, ignore_index, weight, out):
+    """First out-of-range label's row (or -1), and the mean's denominator
+    sum_{kept rows} w_{y_i}, written to ``out``."""
+    bad = -1
+    total = 0.0
+    for i in range(labels.shape[0]):
+        y = labels[i]
+        if y == ignore_index:
+            continue
+        if y < 0 or y >= n_classes:
+            bad = i
+            break
+        total += class_weight(weight, y)
+    out[0] = bad
+    out[1] = total
+
+
+def scan_labels(labels: np.ndarray, n_classes: int, ignore_index: int, weight):
+    """(first bad row or -1, sum of w[y] over non-ignored rows)."""
+    out = np.empty(2, dtype=np.float64)
+    _scan_labels.serial(labels, n_classes, ignore_index, weight, out)
+    return int(out[0]), float(out[1])
+
+
+def cross_entropy_hard_rows(logits, labels, weight, weight_total, ignore_index, smoothing,
+                            row_scale, loss_out, grad, rows_per_task):
+    """Per-row hard-label losses into ``loss_out``; gradient into ``grad`` unless None.
+    Labels must already be checked by :func:`scan_labels`."""
+    _xent_hard_rows(logits.size, logits, labels, weight, weight_total, ignore_index,
+                    smoothing, row_scale, loss_out, grad, rows_per_task)
+
+
+def cross_entropy_soft_rows(logits, target, weight, smoothing, row_scale, loss_out, grad,
+                            rows_per_task):
+    """Per-row soft-target losses into ``loss_out``; gradient into ``grad`` unless None."""
+    _xent_soft_rows(logits.size, logits, target, weight, smoothing, row_scale, loss_out,
+                    grad, rows_per_task)
