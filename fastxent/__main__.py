@@ -1,0 +1,36 @@
+"""Command line: ``python -m fastxent bench ...`` and ``python -m fastxent demo ...``."""
+
+from __future__ import annotations
+
+import sys
+from typing import List, Optional
+
+USAGE = """usage: python -m fastxent {bench,demo} [options]
+
+  bench   time every kernel against NumPy, PyTorch and JAX (--quick, --json, --plot,
+          --device cuda); see `python -m fastxent bench --help`
+  demo    train SoftmaxRegression on the digits data and a synthetic set, beside
+          scikit-learn's LogisticRegression
+"""
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command == "bench":
+        from fastxent import bench
+
+        return bench.main(rest)
+    if command == "demo":
+        from fastxent import demo
+
+        return demo.main(rest)
+    print(USAGE, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

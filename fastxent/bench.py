@@ -1,0 +1,279 @@
+"""``python -m fastxent bench``: fastxent against its NumPy reference, PyTorch
+and JAX (when installed), measured side by side in one run.
+
+Each (function, shape) cell times every implementation in interleaved rounds
+(so that a noisy neighbour slows all of them alike) and reports the median.
+The memory floor -- ``np.copyto`` of the logits, one read and one write of
+N x C -- is timed in the same rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+
+import fastxent as fx
+from fastxent import reference
+
+SHAPES = [(65536, 10), (4096, 1000), (1024, 32000), (256, 128000)]
+QUICK_SHAPE = (4096, 1000)
+
+
+# ------------------------------------------------------------------ inputs
+def _logits(rng, n, c, dtype):
+    return (rng.standard_normal((n, c)) * 3).astype(dtype)
+
+
+def _probs(rng, n, c, dtype):
+    p = rng.random((n, c)) + 1e-3
+    return (p / p.sum(-1, keepdims=True)).astype(dtype)
+
+
+def _inputs(kind: str, rng, n: int, c: int, dtype) -> tuple:
+    """Positional arguments for a function family."""
+    if kind == "rows":
+        return (_logits(rng, n, c, dtype),)
+    if kind == "labels":
+        return _logits(rng, n, c, dtype), rng.integers(0, c, n)
+    if kind == "binary_probs":
+        return rng.uniform(0.01, 0.99, (n, c)).astype(dtype), (rng.random((n, c)) < 0.5).astype(dtype)
+    if kind == "binary_logits":
+        return _logits(rng, n, c, dtype), (rng.random((n, c)) < 0.5).astype(dtype)
+    if kind == "one_dist":
+        return (_probs(rng, n, c, dtype),)
+    if kind == "two_dists":
+        return _probs(rng, n, c, dtype), _probs(rng, n, c, dtype)
+    raise ValueError(kind)
+
+
+# Every public function, with the family of inputs it takes.
+FUNCTIONS: Dict[str, str] = {
+    "logsumexp": "rows",
+    "softmax": "rows",
+    "log_softmax": "rows",
+    "cross_entropy": "labels",
+    "cross_entropy_with_grad": "labels",
+    "binary_cross_entropy": "binary_probs",
+    "binary_cross_entropy_with_grad": "binary_probs",
+    "binary_cross_entropy_with_logits": "binary_logits",
+    "binary_cross_entropy_with_logits_with_grad": "binary_logits",
+    "entropy": "one_dist",
+    "entropy_with_grad": "one_dist",
+    "kl_divergence": "two_dists",
+    "kl_divergence_with_grad": "two_dists",
+    "cross_entropy_probs": "two_dists",
+    "cross_entropy_probs_with_grad": "two_dists",
+}
+FULL_FUNCTIONS = ["logsumexp", "softmax", "log_softmax", "cross_entropy", "cross_entropy_with_grad"]
+
+
+# ------------------------------------------------------------------- peers
+def _torch_impls(name: str, args: tuple) -> Dict[str, Callable[[], object]]:
+    try:
+        import torch
+        import torch.nn.functional as F
+    except ImportError:
+        return {}
+    torch.set_num_threads(torch.get_num_threads())
+    t = [torch.from_numpy(np.ascontiguousarray(a)) for a in args]
+    if name == "logsumexp":
+        return {"torch": lambda: torch.logsumexp(t[0], -1)}
+    if name == "softmax":
+        return {"torch": lambda: torch.softmax(t[0], -1)}
+    if name == "log_softmax":
+        return {"torch": lambda: torch.log_softmax(t[0], -1)}
+    if name == "cross_entropy":
+        return {"torch": lambda: F.cross_entropy(t[0], t[1])}
+    if name == "cross_entropy_with_grad":
+        def fwd_bwd():
+            x = t[0].detach().requires_grad_(True)
+            F.cross_entropy(x, t[1]).backward()
+            return x.grad
+        return {"torch": fwd_bwd}
+    return {}
+
+
+def _jax_impls(name: str, args: tuple) -> Dict[str, Callable[[], object]]:
+    try:
+        import jax
+        import jax.numpy as jnp
+    except ImportError:
+        return {}
+    if args[0].dtype == np.float64:
+        jax.config.update("jax_enable_x64", True)
+    a = [jnp.asarray(v) for v in args]
+
+    def ce(x, y):
+        lse = jax.nn.logsumexp(x, axis=-1)
+        return jnp.mean(lse - jnp.take_along_axis(x, y[:, None], axis=-1)[:, 0])
+
+    fns = {
+        "logsumexp": lambda x: jax.nn.logsumexp(x, axis=-1),
+        "softmax": lambda x: jax.nn.softmax(x, axis=-1),
+        "log_softmax": lambda x: jax.nn.log_softmax(x, axis=-1),
+        "cross_entropy": ce,
+        "cross_entropy_with_grad": jax.value_and_grad(ce),
+    }
+    if name not in fns:
+        return {}
+    jitted = jax.jit(fns[name])
+    return {"jax": lambda: jax.block_until_ready(jitted(*a))}
+
+
+# ----------------------------------------------------------------- timing
+@dataclass
+class Cell:
+    function: str
+    shape: tuple
+    dtype: str
+    seconds: Dict[str, float] = field(default_factory=dict)
+
+    def ratio(self, peer: str) -> Optional[float]:
+        """peer time / fastxent time (> 1: fastxent is faster)."""
+        if peer not in self.seconds or "fastxent" not in self.seconds:
+            return None
+        return self.seconds[peer] / self.seconds["fastxent"]
+
+
+def _time_once(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def measure(name: str, shape: tuple, dtype, rounds: int, peers: bool, seed: int = 0) -> Cell:
+    """Median seconds of each implementation of ``name`` at ``shape``, interleaved."""
+    n, c = shape
+    rng = np.random.default_rng(seed)
+    args = _inputs(FUNCTIONS[name], rng, n, c, dtype)
+    impls: Dict[str, Callable[[], object]] = {
+        "fastxent": lambda: getattr(fx, name)(*args),
+        "numpy": lambda: getattr(reference, name)(*args),
+    }
+    if peers:
+        impls.update(_torch_impls(name, args))
+        impls.update(_jax_impls(name, args))
+    copy_dst = np.empty_like(args[0])
+    impls["copy floor"] = lambda: np.copyto(copy_dst, args[0])
+    for fn in impls.values():  # warm-up: JIT compilation, caches, allocator
+        fn()
+    # A round is at least ~20 ms of work per implementation, whatever the shape.
+    per_call = max(_time_once(impls["fastxent"]), 1e-6)
+    reps = max(1, int(0.02 / per_call))
+    samples: Dict[str, List[float]] = {k: [] for k in impls}
+    for _ in range(rounds):
+        for key, fn in impls.items():
+            start = time.perf_counter()
+            for _ in range(reps):
+                fn()
+            samples[key].append((time.perf_counter() - start) / reps)
+    return Cell(name, shape, np.dtype(dtype).name, {k: float(np.median(v)) for k, v in samples.items()})
+
+
+# ----------------------------------------------------------------- output
+def _fmt_time(s: float) -> str:
+    return f"{s * 1e6:8.1f} us" if s < 1e-3 else f"{s * 1e3:8.2f} ms"
+
+
+def format_table(cells: List[Cell]) -> str:
+    peers = [p for p in ("numpy", "torch", "jax") if any(p in c.seconds for c in cells)]
+    head = f"{'function':<44}{'shape':>14} {'dtype':>8} {'fastxent':>12}" + "".join(
+        f"{'x vs ' + p:>12}" for p in peers) + f"{'x copy':>9}"
+    lines = [head, "-" * len(head)]
+    for c in cells:
+        row = f"{c.function:<44}{'%dx%d' % c.shape:>14} {c.dtype:>8} {_fmt_time(c.seconds['fastxent']):>12}"
+        for p in peers:
+            r = c.ratio(p)
+            row += f"{'%.2fx' % r if r else '-':>12}"
+        row += f"{c.seconds['fastxent'] / c.seconds['copy floor']:>8.2f}x"
+        lines.append(row)
+    lines.append("")
+    lines.append("'x vs peer' = peer time / fastxent time (higher is better for fastxent); "
+                 "'x copy' = fastxent time / np.copyto of the input (1.0 = memory floor).")
+    return "\n".join(lines)
+
+
+def plot(cells: List[Cell], path: str) -> None:
+    """Time against class count for each implementation, with the copy floor."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n in ("cross_entropy", "cross_entropy_with_grad", "logsumexp", "softmax")
+             if any(c.function == n for c in cells)]
+    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4.2), squeeze=False)
+    styles = {"fastxent": "o-", "numpy": "s--", "torch": "^-.", "jax": "v:", "copy floor": "k-"}
+    for ax, name in zip(axes[0], names):
+        mine = sorted((c for c in cells if c.function == name and c.dtype == "float32"),
+                      key=lambda c: c.shape[1])
+        for impl, style in styles.items():
+            pts = [(c.shape[1], c.seconds[impl] / (c.shape[0] * c.shape[1]) * 1e9)
+                   for c in mine if impl in c.seconds]
+            if pts:
+                xs, ys = zip(*pts)
+                ax.plot(xs, ys, style, label=impl, lw=2 if impl == "fastxent" else 1)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("classes C (N x C ~ 0.3-33M elements)")
+        ax.set_ylabel("ns per element")
+        ax.set_title(f"{name}, float32")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"fastxent on {platform.processor() or platform.machine()}, "
+                 f"{__import__('os').cpu_count()} cores (lower is better)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def run(functions: List[str], shapes: List[tuple], dtypes: List, rounds: int, peers: bool,
+        log=sys.stderr) -> List[Cell]:
+    jobs = [(f, s, d) for d in dtypes for s in shapes for f in functions]
+    cells = []
+    for k, (f, s, d) in enumerate(jobs, 1):
+        print(f"[{k:>3}/{len(jobs)}] {f} {s[0]}x{s[1]} {np.dtype(d).name} ...", file=log, flush=True)
+        cells.append(measure(f, s, d, rounds, peers))
+    return cells
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fastxent bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help=f"every public function at one shape {QUICK_SHAPE}, float32, few rounds")
+    parser.add_argument("--functions", nargs="+", choices=sorted(FUNCTIONS), help="functions to time")
+    parser.add_argument("--dtype", nargs="+", default=["float32"], choices=["float32", "float64"])
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds per cell")
+    parser.add_argument("--no-peers", action="store_true", help="skip PyTorch and JAX")
+    parser.add_argument("--json", metavar="FILE", help="write the measurements as JSON")
+    parser.add_argument("--plot", metavar="FILE.png", help="plot time per element against C")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    args = parser.parse_args(argv)
+    if args.device == "cuda":
+        from fastxent.cuda import bench as cuda_bench
+
+        return cuda_bench.main([] if not args.quick else ["--quick"])
+    if args.quick:
+        functions = args.functions or list(FUNCTIONS)
+        shapes, rounds = [QUICK_SHAPE], args.rounds or 5
+    else:
+        functions = args.functions or FULL_FUNCTIONS
+        shapes, rounds = SHAPES, args.rounds or 9
+    cells = run(functions, shapes, [np.dtype(d) for d in args.dtype], rounds, not args.no_peers)
+    print(format_table(cells))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"machine": platform.platform(), "cells": [c.__dict__ for c in cells]}, fh,
+                      indent=1)
+        print(f"wrote {args.json}", file=sys.stderr)
+    if args.plot:
+        plot(cells, args.plot)
+        print(f"wrote {args.plot}", file=sys.stderr)
+    return 0
