@@ -13,7 +13,9 @@ if neither can be loaded, parallel launches are serialised with a lock.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import pathlib
 import threading
 import types
 from contextlib import nullcontext
@@ -21,6 +23,7 @@ from typing import Any, Callable
 
 import numba
 from numba import njit
+from numba.core import caching
 
 from fastxent import _config
 from fastxent.cpu._fastmath import FASTMATH
@@ -55,6 +58,45 @@ def _parallel_guard():
             return nullcontext()
         return _WORKQUEUE_LOCK
     return _WORKQUEUE_LOCK if layer == "workqueue" else nullcontext()
+
+
+# ------------------------------------------------------------ on-disk cache
+# Numba marks a cached kernel stale only when the file defining *that kernel*
+# changes, but our kernels inline helpers from other files (_rows.py,
+# _fastmath.py): an edit there would leave stale machine code in the cache.
+# These locators stamp every fastxent kernel with a hash of all the CPU kernel
+# sources instead.  Cache files are written atomically by Numba (temp file +
+# rename), so several processes starting at once are safe.
+_CPU_DIR = pathlib.Path(__file__).resolve().parent / "cpu"
+_SOURCES = sorted(_CPU_DIR.glob("*.py")) + [pathlib.Path(__file__).resolve()]
+_PACKAGE_STAMP = hashlib.sha256(b"".join(p.read_bytes() for p in _SOURCES)).hexdigest()
+
+
+def _package_locator(base: type) -> type:
+    class PackageStampLocator(base):
+        @classmethod
+        def from_function(cls, py_func, py_file):
+            if not str(pathlib.Path(py_file).resolve()).startswith(str(_CPU_DIR)):
+                return None
+            return super().from_function(py_func, py_file)
+
+        def get_source_stamp(self):
+            return _PACKAGE_STAMP
+
+    PackageStampLocator.__name__ = "Fastxent" + base.__name__.lstrip("_")
+    return PackageStampLocator
+
+
+def _install_cache_locators() -> None:
+    names = ("UserProvidedCacheLocator", "InTreeCacheLocator", "UserWideCacheLocator")
+    bases = [getattr(caching, n, None) or getattr(caching, "_" + n, None) for n in names]
+    impl = getattr(caching, "CacheImpl", None) or getattr(caching, "_CacheImpl", None)
+    if impl is None or None in bases:  # an unknown Numba: keep its own locators
+        return
+    impl._locator_classes[:0] = [_package_locator(b) for b in bases]
+
+
+_install_cache_locators()
 
 
 def _renamed(fn: Callable, suffix: str) -> Callable:
@@ -93,4 +135,4 @@ def kernel(fn: Callable) -> Kernel:
 
 def helper(fn: Callable) -> Callable:
     """Decorator for inner-loop helpers shared by several kernels."""
-    return njit(fastmath=FASTMATH, cache=True, nogil=True, error_model="numpy")(fn)
+    return njit(fastmath=FASTMATH, cache=True, nogil=True, error_model="numpy", inline="always")(fn)

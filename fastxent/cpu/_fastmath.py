@@ -16,6 +16,7 @@ import math
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
+from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 # Fast-math flags for every kernel: everything that helps vectorisation and
@@ -71,6 +72,25 @@ def _bits_to_float64(typingctx, bits):
 
     def codegen(context, builder, signature, args):
         return builder.bitcast(args[0], ir.DoubleType())
+
+    return sig, codegen
+
+
+@intrinsic
+def maxnum(typingctx, a, b):
+    """IEEE maxNum of two floats of one type: a NaN operand is ignored.
+
+    LLVM's ``llvm.maxnum`` vectorises as a reduction without ``nnan``, which
+    a compare-and-select does not: a row maximum runs at memory speed."""
+    if a != b or not isinstance(a, types.Float):
+        return None
+    sig = a(a, b)
+
+    def codegen(context, builder, signature, args):
+        ty = args[0].type
+        name = "llvm.maxnum.f32" if ty == ir.FloatType() else "llvm.maxnum.f64"
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ty, [ty, ty]), name)
+        return builder.call(fn, args)
 
     return sig, codegen
 

@@ -1,8 +1,10 @@
 """Inner loops over one row, shared by every kernel family.
 
 A "row" is a contiguous 1-D float32 or float64 array (the class axis).  Sums
-of exponentials accumulate in float64 whatever the input dtype, so float32
-results stay within 1e-5 of the float64 reference for any class count.
+accumulate in the input dtype over blocks of ``SUM_BLOCK`` elements (LLVM
+keeps 32 partial sums per vector loop, so each float32 partial sum holds at
+most 64 terms) and the block sums in float64: float32 results stay within
+1e-5 of the float64 reference for any class count, at float32 vector speed.
 """
 
 import math
@@ -10,7 +12,9 @@ import math
 import numpy as np
 
 from fastxent._jit import helper
-from fastxent.cpu._fastmath import fast_exp
+from fastxent.cpu._fastmath import fast_exp, maxnum
+
+SUM_BLOCK = 2048
 
 
 @helper
@@ -26,28 +30,35 @@ def row_max(x):
 
     A NaN in the row still poisons the result, through the sum of
     exponentials that always follows."""
-    m = -np.inf
+    m = x.dtype.type(-np.inf)
     for j in range(x.shape[0]):
-        v = x[j]
-        m = v if v > m else m
-    return x.dtype.type(m)
+        m = maxnum(m, x[j])
+    return m
 
 
 @helper
 def row_sum_exp(x, shift):
-    """sum_j exp(x_j - shift), accumulated in float64."""
+    """sum_j exp(x_j - shift), as a float64 (see the module docstring)."""
+    n = x.shape[0]
     s = 0.0
-    for j in range(x.shape[0]):
-        s += np.float64(fast_exp(x[j] - shift))
+    for start in range(0, n, SUM_BLOCK):
+        block = x.dtype.type(0.0)
+        for j in range(start, min(start + SUM_BLOCK, n)):
+            block += fast_exp(x[j] - shift)
+        s += np.float64(block)
     return s
 
 
 @helper
 def row_sum(x):
-    """sum_j x_j, accumulated in float64."""
+    """sum_j x_j, as a float64 (see the module docstring)."""
+    n = x.shape[0]
     s = 0.0
-    for j in range(x.shape[0]):
-        s += np.float64(x[j])
+    for start in range(0, n, SUM_BLOCK):
+        block = x.dtype.type(0.0)
+        for j in range(start, min(start + SUM_BLOCK, n)):
+            block += x[j]
+        s += np.float64(block)
     return s
 
 
