@@ -1,10 +1,20 @@
-"""Inner loops over one row, shared by every kernel family.
+"""Inner loops shared by every kernel family.
 
-A "row" is a contiguous 1-D float32 or float64 array (the class axis).  Sums
-accumulate in the input dtype over blocks of ``SUM_BLOCK`` elements (LLVM
-keeps 32 partial sums per vector loop, so each float32 partial sum holds at
-most 64 terms) and the block sums in float64: float32 results stay within
-1e-5 of the float64 reference for any class count, at float32 vector speed.
+A "row" is the class axis of a C-contiguous (rows, classes) float32/float64
+array; parallel tasks own a block of consecutive rows.
+
+Exponentials: ``exp_rows`` computes e = exp(x) for a whole block of rows in
+one flat loop -- fully vectorised even for 10 classes -- without the usual
+max shift, then checks each row's sum.  Where the sum is outside
+[SAFE_MIN, SAFE_MAX] (overflow, underflow, +-inf, NaN) that row alone is
+redone as exp(x - max).  Inside the range no term overflowed and the largest
+is a normal number, so the unshifted sum is exactly as accurate as the
+shifted one; the common case reads the logits once and skips the max pass.
+
+Sums accumulate in the input dtype over blocks of ``SUM_BLOCK`` elements (LLVM
+keeps 32 partial sums per vector loop, so a float32 partial sum holds at most
+64 terms) and the block sums in float64: float32 results stay within 1e-5 of
+the float64 reference for any class count, at float32 vector speed.
 """
 
 import math
@@ -15,6 +25,8 @@ from fastxent._jit import helper
 from fastxent.cpu._fastmath import fast_exp, maxnum
 
 SUM_BLOCK = 2048
+SAFE_MIN = 1e-20
+SAFE_MAX = 1e20
 
 
 @helper
@@ -26,27 +38,11 @@ def task_rows(task, rows_per_task, n_rows):
 
 @helper
 def row_max(x):
-    """Largest element, NaN ignored (-inf for an empty or all -inf row).
-
-    A NaN in the row still poisons the result, through the sum of
-    exponentials that always follows."""
+    """Largest element, NaN ignored (-inf for an empty or all -inf row)."""
     m = x.dtype.type(-np.inf)
     for j in range(x.shape[0]):
         m = maxnum(m, x[j])
     return m
-
-
-@helper
-def row_sum_exp(x, shift):
-    """sum_j exp(x_j - shift), as a float64 (see the module docstring)."""
-    n = x.shape[0]
-    s = 0.0
-    for start in range(0, n, SUM_BLOCK):
-        block = x.dtype.type(0.0)
-        for j in range(start, min(start + SUM_BLOCK, n)):
-            block += fast_exp(x[j] - shift)
-        s += np.float64(block)
-    return s
 
 
 @helper
@@ -63,28 +59,45 @@ def row_sum(x):
 
 
 @helper
-def row_max_and_sum_exp(x):
-    """(m, sum_j exp(x_j - m)) with m the row maximum: the softmax normaliser.
-
-    An all -inf row gives m = -inf and a NaN sum (x - m = NaN), so that
-    softmax, log-softmax and cross-entropy of such a row are NaN, as in
-    PyTorch; logsumexp handles that row itself."""
-    m = row_max(x)
-    return m, row_sum_exp(x, m)
-
-
-@helper
-def row_logsumexp(x):
-    """log sum_j exp(x_j), stable; -inf for an all -inf row, +inf if any x_j = +inf."""
-    m = row_max(x)
-    # Shift by the max only where it is finite (as scipy and PyTorch do):
-    # then all -inf gives log(0) = -inf and +inf gives log(inf) = inf.
-    shift = m if math.isfinite(m) else x.dtype.type(0.0)
-    return np.float64(shift) + math.log(row_sum_exp(x, shift))
-
-
-@helper
-def scale_exp_row(x, shift, scale, out):
-    """out_j = exp(x_j - shift) * scale: softmax once shift = max, scale = 1/sum."""
+def exp_into(x, shift, out):
+    """out_j = exp(x_j - shift)."""
     for j in range(x.shape[0]):
-        out[j] = fast_exp(x[j] - shift) * scale
+        out[j] = fast_exp(x[j] - shift)
+
+
+@helper
+def exp_rows(x, start, stop, e, shifts, sums, finite_shift):
+    """For rows start..stop of x: e[r, :] = exp(x[start + r] - shifts[r]) and
+    sums[r] = sum of that row of e (float64).
+
+    shifts[r] is 0 unless the unshifted sum is unsafe; then it is the row max
+    -- or, with ``finite_shift`` (logsumexp), the max only when finite, so
+    that an all -inf row sums to 0 and a row with +inf to inf.  Without it a
+    row that is all -inf or holds +inf sums to NaN, as softmax requires.
+    ``e`` is a (stop - start, C) C-contiguous scratch array."""
+    n_classes = x.shape[1]
+    n_rows = stop - start
+    flat_x = x[start:stop].reshape(n_rows * n_classes)
+    flat_e = e.reshape(n_rows * n_classes)
+    for k in range(n_rows * n_classes):
+        flat_e[k] = fast_exp(flat_x[k])
+    zero = x.dtype.type(0.0)
+    for r in range(n_rows):
+        s = row_sum(e[r])
+        shift = zero
+        if not (SAFE_MIN <= s <= SAFE_MAX):
+            row = x[start + r]
+            shift = row_max(row)
+            if finite_shift and not math.isfinite(shift):
+                shift = zero
+            exp_into(row, shift, e[r])
+            s = row_sum(e[r])
+        shifts[r] = shift
+        sums[r] = s
+
+
+@helper
+def task_scratch(x, rows):
+    """Per-task buffers for :func:`exp_rows`: (e, shifts, sums)."""
+    return (np.empty((rows, x.shape[1]), dtype=x.dtype), np.empty(rows, dtype=x.dtype),
+            np.empty(rows, dtype=np.float64))

@@ -9,7 +9,7 @@ import numpy as np
 from numba import prange
 
 from fastxent._jit import kernel
-from fastxent.cpu._rows import row_logsumexp, row_max_and_sum_exp, scale_exp_row, task_rows
+from fastxent.cpu._rows import exp_rows, task_rows, task_scratch
 
 
 @kernel
@@ -17,27 +17,37 @@ def _logsumexp_rows(x, out, rows_per_task):
     n_rows = x.shape[0]
     for task in prange((n_rows + rows_per_task - 1) // rows_per_task):
         start, stop = task_rows(task, rows_per_task, n_rows)
-        for i in range(start, stop):
-            out[i] = row_logsumexp(x[i])
+        e, shifts, sums = task_scratch(x, stop - start)
+        exp_rows(x, start, stop, e, shifts, sums, True)
+        for r in range(stop - start):
+            out[start + r] = np.float64(shifts[r]) + math.log(sums[r])
 
 
 @kernel
 def _softmax_rows(x, out, log, rows_per_task):
-    n_rows = x.shape[0]
-    one = x.dtype.type(1.0)
+    n_rows, n_classes = x.shape
     for task in prange((n_rows + rows_per_task - 1) // rows_per_task):
         start, stop = task_rows(task, rows_per_task, n_rows)
-        for i in range(start, stop):
-            row = x[i]
-            m, s = row_max_and_sum_exp(row)
+        e, shifts, sums = task_scratch(x, stop - start if log else 0)
+        if log:
+            exp_rows(x, start, stop, e, shifts, sums, False)
+        else:
+            # softmax: the exponentials go straight into the output block
+            shifts = np.empty(stop - start, dtype=x.dtype)
+            sums = np.empty(stop - start)
+            exp_rows(x, start, stop, out[start:stop], shifts, sums, False)
+        for r in range(stop - start):
+            out_row = out[start + r]
             if log:
-                # x - max - log(sum), not log(softmax): exact for tiny probabilities
-                shift = m + x.dtype.type(math.log(s))
-                out_row = out[i]
-                for j in range(row.shape[0]):
-                    out_row[j] = row[j] - shift
+                # x - shift - log(sum), not log(softmax): exact for tiny probabilities
+                offset = shifts[r] + x.dtype.type(math.log(sums[r]))
+                row = x[start + r]
+                for j in range(n_classes):
+                    out_row[j] = row[j] - offset
             else:
-                scale_exp_row(row, m, one / x.dtype.type(s), out[i])
+                inv = x.dtype.type(1.0 / sums[r])
+                for j in range(n_classes):
+                    out_row[j] *= inv
 
 
 def logsumexp_rows(x: np.ndarray, out: np.ndarray, rows_per_task: int) -> None:

@@ -1,9 +1,11 @@
 """CPU kernels: softmax cross-entropy from logits, with the fused gradient.
 
-One pass per row computes (max, sum exp) -- the row stays in cache -- and a
-second pass writes the gradient  scale * (A * softmax - B * w)  with the
-target's correction, so no N x C temporary exists beyond the output (which
-may be the logits themselves, for an in-place gradient).
+Per block of rows, one flat pass computes the exponentials into a per-task
+scratch block (cache-sized: about ``TASK_ELEMENTS`` elements, or one row for
+large C) and their row sums; a second pass writes the gradient
+scale * (A * softmax - B * w) with the target's correction.  No N x C
+temporary exists beyond the output, which may be the logits themselves (an
+in-place gradient).
 
 Notation for one row (seed 000): p = softmax(x), lse = log sum exp x,
 class weights w (all ones without ``weight``), smoothing eps, C classes.
@@ -24,8 +26,7 @@ import numpy as np
 from numba import prange
 
 from fastxent._jit import helper, kernel
-from fastxent.cpu._rows import row_max_and_sum_exp, row_sum, task_rows
-from fastxent.cpu._fastmath import fast_exp
+from fastxent.cpu._rows import exp_rows, row_sum, task_rows, task_scratch
 
 
 @helper
@@ -48,16 +49,16 @@ def weighted_row_sum(x, weight):
 
 
 @helper
-def write_softmax_grad(x, m, inv_sum, a, b, weight, grad):
-    """grad_c = a * softmax(x)_c - b * w_c   (softmax = exp(x - m) * inv_sum)."""
-    a_inv = x.dtype.type(a * inv_sum)
+def write_softmax_grad(e, inv_sum, a, b, weight, grad):
+    """grad_c = a * softmax_c - b * w_c, with softmax = e * inv_sum."""
+    a_inv = grad.dtype.type(a * inv_sum)
     if weight is None:
-        bt = x.dtype.type(b)
-        for j in range(x.shape[0]):
-            grad[j] = fast_exp(x[j] - m) * a_inv - bt
+        bt = grad.dtype.type(b)
+        for j in range(e.shape[0]):
+            grad[j] = e[j] * a_inv - bt
     else:
-        for j in range(x.shape[0]):
-            grad[j] = fast_exp(x[j] - m) * a_inv - x.dtype.type(b * weight[j])
+        for j in range(e.shape[0]):
+            grad[j] = e[j] * a_inv - grad.dtype.type(b * weight[j])
 
 
 @kernel
@@ -67,7 +68,10 @@ def _xent_hard_rows(logits, labels, weight, weight_total, ignore_index, smoothin
     eps_c = smoothing / n_classes if n_classes > 0 else 0.0
     for task in prange((n_rows + rows_per_task - 1) // rows_per_task):
         start, stop = task_rows(task, rows_per_task, n_rows)
-        for i in range(start, stop):
+        e, shifts, sums = task_scratch(logits, stop - start)
+        exp_rows(logits, start, stop, e, shifts, sums, False)
+        for r in range(stop - start):
+            i = start + r
             y = labels[i]
             if y == ignore_index:
                 loss_out[i] = 0.0
@@ -75,17 +79,17 @@ def _xent_hard_rows(logits, labels, weight, weight_total, ignore_index, smoothin
                     grad[i, :] = 0
                 continue
             x = logits[i]
-            m, s = row_max_and_sum_exp(x)
-            lse = np.float64(m) + math.log(s)
+            lse = np.float64(shifts[r]) + math.log(sums[r])
             w_y = class_weight(weight, y)
             loss = (1.0 - smoothing) * w_y * (lse - np.float64(x[y]))
             if smoothing != 0.0:
                 loss += eps_c * (lse * weight_total - weighted_row_sum(x, weight))
             loss_out[i] = loss
             if grad is not None:
+                # x is read for the last time above: grad may be the logits (in place)
                 scale = row_scale[i]
                 a = scale * ((1.0 - smoothing) * w_y + eps_c * weight_total)
-                write_softmax_grad(x, m, 1.0 / s, a, scale * eps_c, weight, grad[i])
+                write_softmax_grad(e[r], 1.0 / sums[r], a, scale * eps_c, weight, grad[i])
                 grad[i, y] -= grad.dtype.type(scale * (1.0 - smoothing) * w_y)
 
 
@@ -96,11 +100,13 @@ def _xent_soft_rows(logits, target, weight, smoothing, row_scale, loss_out, grad
     eps_c = smoothing / n_classes if n_classes > 0 else 0.0
     for task in prange((n_rows + rows_per_task - 1) // rows_per_task):
         start, stop = task_rows(task, rows_per_task, n_rows)
-        for i in range(start, stop):
+        e, shifts, sums = task_scratch(logits, stop - start)
+        exp_rows(logits, start, stop, e, shifts, sums, False)
+        for r in range(stop - start):
+            i = start + r
             x = logits[i]
             t = target[i]
-            m, s = row_max_and_sum_exp(x)
-            lse = np.float64(m) + math.log(s)
+            lse = np.float64(shifts[r]) + math.log(sums[r])
             # loss = lse * sum_c w_c t'_c - sum_c w_c t'_c x_c
             wt_sum = 0.0
             wtx_sum = 0.0
@@ -114,10 +120,11 @@ def _xent_soft_rows(logits, target, weight, smoothing, row_scale, loss_out, grad
             if grad is not None:
                 scale = row_scale[i]
                 g = grad[i]
-                a = x.dtype.type(scale * wt_sum / s)
+                a = g.dtype.type(scale * wt_sum / sums[r])
+                er = e[r]
                 for j in range(n_classes):
                     wt = class_weight(weight, j) * ((1.0 - smoothing) * np.float64(t[j]) + eps_c)
-                    g[j] = fast_exp(x[j] - m) * a - x.dtype.type(scale * wt)
+                    g[j] = er[j] * a - g.dtype.type(scale * wt)
 
 
 @kernel
