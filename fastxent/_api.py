@@ -37,6 +37,9 @@ __all__ = [
 ]
 
 
+_NO_ROW_SCALE = np.empty(0)  # placeholder argument when no gradient is computed
+
+
 def _scalar_or_array(values: np.ndarray, dtype: np.dtype) -> Any:
     """Cast to the result dtype; 0-d results become NumPy scalars."""
     values = values.astype(dtype, copy=False)
@@ -51,8 +54,9 @@ def _reduce(losses: np.ndarray, reduction: str, denominator: float, batch_shape:
     total = float(losses.sum()) if losses.ndim else float(losses)
     if reduction == "sum":
         return dtype.type(total)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return dtype.type(np.float64(total) / np.float64(denominator))
+    if denominator == 0:  # PyTorch: the mean over no (weighted) rows is NaN
+        return dtype.type(math.nan if total == 0 or math.isnan(total) else math.copysign(math.inf, total))
+    return dtype.type(total / denominator)
 
 
 # ------------------------------------------------------------------ softmax
@@ -160,7 +164,7 @@ def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smooth
         denominator = float(n_rows)
 
     grad2, copy_to = None, None
-    row_scale = np.empty(0)
+    row_scale = _NO_ROW_SCALE
     if want_grad:
         row_scale = checks.grad_row_scale(grad_output, reduction, layout.batch_shape, denominator)
         grad2, copy_to = _gradient_buffer(out, x, x2, target2, result_dtype)

@@ -9,7 +9,6 @@ CUDA path shares them.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any, Optional, Sequence, Union
 
 import numpy as np
@@ -60,19 +59,24 @@ def common_float_arrays(x: Any, y: Any, names: tuple[str, str]):
 
 
 # ----------------------------------------------------------------- shapes
-@dataclass(frozen=True)
 class Rows:
     """How an N-d array maps to a C-contiguous (rows, classes) problem.
 
     ``axes`` are the reduced (class) axes, moved last in their order; the
-    remaining ``batch_shape`` axes become the rows."""
+    remaining ``batch_shape`` axes become the rows.  (A plain class with
+    __slots__: it is built on every call, and a (64, 10) call must take
+    microseconds.)"""
 
-    shape: tuple[int, ...]
-    axes: tuple[int, ...]
-    perm: tuple[int, ...]
-    batch_shape: tuple[int, ...]
-    n_rows: int
-    n_classes: int
+    __slots__ = ("shape", "axes", "perm", "batch_shape", "n_rows", "n_classes")
+
+    def __init__(self, shape: tuple, axes: tuple, perm: tuple, batch_shape: tuple,
+                 n_rows: int, n_classes: int):
+        self.shape, self.axes, self.perm = shape, axes, perm
+        self.batch_shape, self.n_rows, self.n_classes = batch_shape, n_rows, n_classes
+
+    @property
+    def is_identity(self) -> bool:
+        return self.perm == tuple(range(len(self.shape)))
 
     def restore_rows(self, values: np.ndarray, keepdims: bool = False) -> np.ndarray:
         """(rows,) results back to the batch shape (with size-1 axes if keepdims)."""
@@ -83,15 +87,20 @@ class Rows:
 
     def restore_full(self, values: np.ndarray) -> np.ndarray:
         """(rows, classes) results back to the input's shape and axis order."""
+        if self.is_identity:
+            return values.reshape(self.shape)
         moved = values.reshape([self.shape[d] for d in self.perm])
-        if self.perm == tuple(range(len(self.shape))):
-            return moved
         return moved.transpose(np.argsort(self.perm))
 
 
-def rows_layout(shape: tuple[int, ...], axis: Axis) -> Rows:
+def rows_layout(shape: tuple, axis: Axis) -> Rows:
     """The :class:`Rows` mapping of an array of ``shape`` reduced over ``axis``."""
     ndim = len(shape)
+    if (axis == -1 or axis == ndim - 1) and ndim and type(axis) is int:
+        # fast path: the class axis is already last
+        batch_shape = tuple(shape[:-1])
+        return Rows(tuple(shape), (ndim - 1,), tuple(range(ndim)), batch_shape,
+                    math.prod(batch_shape), shape[-1])
     if axis is None:
         axes = tuple(range(ndim))
     else:
@@ -100,19 +109,13 @@ def rows_layout(shape: tuple[int, ...], axis: Axis) -> Rows:
         axes = tuple(normalize_axis_tuple(axis, ndim, "axis"))
     batch_axes = tuple(d for d in range(ndim) if d not in axes)
     batch_shape = tuple(shape[d] for d in batch_axes)
-    return Rows(
-        shape=tuple(shape),
-        axes=axes,
-        perm=batch_axes + axes,
-        batch_shape=batch_shape,
-        n_rows=math.prod(batch_shape),
-        n_classes=math.prod(shape[d] for d in axes),
-    )
+    return Rows(tuple(shape), axes, batch_axes + axes, batch_shape, math.prod(batch_shape),
+                math.prod(shape[d] for d in axes))
 
 
 def as_rows(a: np.ndarray, layout: Rows) -> np.ndarray:
     """``a`` as a C-contiguous (rows, classes) array (a view when it already is one)."""
-    if layout.perm != tuple(range(a.ndim)):
+    if not layout.is_identity:
         a = a.transpose(layout.perm)
     return np.ascontiguousarray(a.reshape(layout.n_rows, layout.n_classes))
 

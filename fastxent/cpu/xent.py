@@ -127,10 +127,8 @@ def _xent_soft_rows(logits, target, weight, smoothing, row_scale, loss_out, grad
                     g[j] = er[j] * a - g.dtype.type(scale * wt)
 
 
-@kernel
-def _scan_labels(labels, n_classes, ignore_index, weight, out):
-    """First out-of-range label's row (or -1), and the mean's denominator
-    sum_{kept rows} w_{y_i}, written to ``out``."""
+@helper
+def _scan_labels(labels, n_classes, ignore_index, weight):
     bad = -1
     total = 0.0
     for i in range(labels.shape[0]):
@@ -141,15 +139,13 @@ def _scan_labels(labels, n_classes, ignore_index, weight, out):
             bad = i
             break
         total += class_weight(weight, y)
-    out[0] = bad
-    out[1] = total
+    return bad, total
 
 
 def scan_labels(labels: np.ndarray, n_classes: int, ignore_index: int, weight):
-    """(first bad row or -1, sum of w[y] over non-ignored rows)."""
-    out = np.empty(2, dtype=np.float64)
-    _scan_labels.serial(labels, n_classes, ignore_index, weight, out)
-    return int(out[0]), float(out[1])
+    """(first row whose label is outside [0, C) and not ignore_index, or -1;
+    sum of w[y] over the non-ignored rows -- the mean's denominator)."""
+    return _scan_labels(labels, n_classes, ignore_index, weight)
 
 
 def cross_entropy_hard_rows(logits, labels, weight, weight_total, ignore_index, smoothing,
