@@ -115,7 +115,7 @@ _F32_HALF = np.float32(0.5)
 _F32_ONE = np.float32(1.0)
 
 
-@njit(fastmath=_EXP_FASTMATH)
+@njit(fastmath=_EXP_FASTMATH, error_model="numpy")
 def _exp_f32(x):
     xc = x if x > _F32_LO else _F32_LO  # NaN compares false: clamped here,
     xc = xc if xc < _F32_HI else _F32_HI  # restored at the end
@@ -150,7 +150,7 @@ _F64_LO = -746.0
 _F64_HI = 710.0
 
 
-@njit(fastmath=_EXP_FASTMATH)
+@njit(fastmath=_EXP_FASTMATH, error_model="numpy")
 def _exp_f64(x):
     xc = x if x > _F64_LO else _F64_LO
     xc = xc if xc < _F64_HI else _F64_HI
@@ -190,4 +190,60 @@ def _fast_exp_overload(x):
         return lambda x: _exp_f32(x)
     if x == types.float64:
         return lambda x: _exp_f64(x)
+    return None
+
+
+# ---------------------------------------------------------------- float64 log
+# fdlibm's e_log.c: x = 2^k (1 + f) with sqrt(2)/2 <= 1 + f < sqrt(2);
+# log(1 + f) = f - f^2/2 + s (f^2/2 + R(s^2)), s = f / (2 + f).  < 1 ulp.
+_LG1 = 6.666666666666735130e-01
+_LG2 = 3.999999999940941908e-01
+_LG3 = 2.857142874366239149e-01
+_LG4 = 2.222219843214978396e-01
+_LG5 = 1.818357216161805012e-01
+_LG6 = 1.531383769920937332e-01
+_LG7 = 1.479819860511658591e-01
+_F64_SMALLEST_NORMAL = 2.2250738585072014e-308
+_TWO_54 = 18014398509481984.0
+_SQRT2_MANTISSA = 0x6A09E667F3BCD  # mantissa bits of sqrt(2)
+
+
+@njit(fastmath=_EXP_FASTMATH, error_model="numpy")
+def _log_f64(x):
+    # subnormals: scale into the normal range first
+    tiny = x < _F64_SMALLEST_NORMAL
+    xs = x * _TWO_54 if tiny else x
+    bits = _float64_to_bits(xs)
+    k = (bits >> np.int64(52)) - np.int64(1023) - (np.int64(54) if tiny else np.int64(0))
+    mant = bits & np.int64(0xFFFFFFFFFFFFF)
+    # put the mantissa in [sqrt(2)/2, sqrt(2)): exponent 1022 above sqrt(2)'s mantissa
+    big = mant > np.int64(_SQRT2_MANTISSA)
+    k = k + (np.int64(1) if big else np.int64(0))
+    m = _bits_to_float64(mant | ((np.int64(1022) if big else np.int64(1023)) << np.int64(52)))
+    f = m - 1.0
+    s = f / (2.0 + f)
+    z = s * s
+    w = z * z
+    t1 = w * (_LG2 + w * (_LG4 + w * _LG6))
+    t2 = z * (_LG1 + w * (_LG3 + w * (_LG5 + w * _LG7)))
+    hfsq = 0.5 * f * f
+    kf = np.float64(np.int32(k))  # via int32: AVX2 has no int64 -> float64 vector convert
+    y = kf * _F64_LN2_HI - ((hfsq - (s * (hfsq + (t1 + t2)) + kf * _F64_LN2_LO)) - f)
+    y = -np.inf if x == 0.0 else y
+    y = x if x == np.inf else y
+    return y if x >= 0.0 else np.nan  # negative or NaN
+
+
+def fast_log(x):
+    """Natural log of a float64 scalar (float32 is computed in float64),
+    vectorisable inside loops; log(0) = -inf, log(inf) = inf, NaN for x < 0."""
+    return math.log(x)
+
+
+@overload(fast_log, inline="always", fastmath=FASTMATH)
+def _fast_log_overload(x):
+    if x == types.float64:
+        return lambda x: _log_f64(x)
+    if x == types.float32:
+        return lambda x: np.float32(_log_f64(np.float64(x)))
     return None

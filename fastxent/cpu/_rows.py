@@ -22,11 +22,14 @@ import math
 import numpy as np
 
 from fastxent._jit import helper
-from fastxent.cpu._fastmath import fast_exp, maxnum
+from fastxent.cpu._fastmath import fast_exp, fast_log, maxnum
 
 SUM_BLOCK = 2048
 SAFE_MIN = 1e-20
 SAFE_MAX = 1e20
+# Rows at least this long are summed without storing the exponentials when
+# only the sums are needed (the flat block pass pays off for short rows).
+LONG_ROW = 256
 
 
 @helper
@@ -80,6 +83,52 @@ def short_row_sum(x):
 
 
 @helper
+def row_sum_exp(x, shift):
+    """sum_j exp(x_j - shift), as a float64, nothing stored."""
+    n = x.shape[0]
+    s = 0.0
+    for start in range(0, n, SUM_BLOCK):
+        block = x.dtype.type(0.0)
+        for j in range(start, min(start + SUM_BLOCK, n)):
+            block += fast_exp(x[j] - shift)
+        s += np.float64(block)
+    return s
+
+
+@helper
+def max_shift(x, finite_shift):
+    """The shift for a row whose unshifted sum is unsafe: its max (or, with
+    ``finite_shift``, the max only when finite; see exp_rows)."""
+    shift = row_max(x)
+    if finite_shift and not math.isfinite(shift):
+        shift = x.dtype.type(0.0)
+    return shift
+
+
+@helper
+def add_logs(lse, sums):
+    """lse[r] += log(sums[r]): one vectorised loop over a block's rows."""
+    for r in range(lse.shape[0]):
+        lse[r] += fast_log(sums[r])
+
+
+@helper
+def sum_exp_rows(x, start, stop, lse, sums, finite_shift):
+    """lse and sums as :func:`exp_rows` gives them, without storing the
+    exponentials: for long rows when only the normaliser is needed."""
+    zero = x.dtype.type(0.0)
+    for r in range(stop - start):
+        s = row_sum_exp(x[start + r], zero)
+        shift = zero
+        if not (SAFE_MIN <= s <= SAFE_MAX):  # rare: keep the call off the hot path
+            shift = max_shift(x[start + r], finite_shift)
+            s = row_sum_exp(x[start + r], shift)
+        lse[r] = shift
+        sums[r] = s
+    add_logs(lse, sums)
+
+
+@helper
 def exp_into(x, shift, out):
     """out_j = exp(x_j - shift)."""
     for j in range(x.shape[0]):
@@ -87,11 +136,12 @@ def exp_into(x, shift, out):
 
 
 @helper
-def exp_rows(x, start, stop, e, shifts, sums, finite_shift):
-    """For rows start..stop of x: e[r, :] = exp(x[start + r] - shifts[r]) and
-    sums[r] = sum of that row of e (float64).
+def exp_rows(x, start, stop, e, lse, sums, finite_shift):
+    """For rows start..stop of x: e[r, :] = exp(x[start + r] - shift_r),
+    sums[r] = sum of that row of e and lse[r] = shift_r + log(sums[r]) =
+    logsumexp of the row (both float64).
 
-    shifts[r] is 0 unless the unshifted sum is unsafe; then it is the row max
+    shift_r is 0 unless the unshifted sum is unsafe; then it is the row max
     -- or, with ``finite_shift`` (logsumexp), the max only when finite, so
     that an all -inf row sums to 0 and a row with +inf to inf.  Without it a
     row that is all -inf or holds +inf sums to NaN, as softmax requires.
@@ -106,19 +156,30 @@ def exp_rows(x, start, stop, e, shifts, sums, finite_shift):
     for r in range(n_rows):
         s = row_sum(e[r])
         shift = zero
-        if not (SAFE_MIN <= s <= SAFE_MAX):
-            row = x[start + r]
-            shift = row_max(row)
-            if finite_shift and not math.isfinite(shift):
-                shift = zero
-            exp_into(row, shift, e[r])
+        if not (SAFE_MIN <= s <= SAFE_MAX):  # rare: keep the calls off the hot path
+            shift = max_shift(x[start + r], finite_shift)
+            exp_into(x[start + r], shift, e[r])
             s = row_sum(e[r])
-        shifts[r] = shift
+        lse[r] = shift
         sums[r] = s
+    add_logs(lse, sums)
 
 
 @helper
 def task_scratch(x, rows):
-    """Per-task buffers for :func:`exp_rows`: (e, shifts, sums)."""
-    return (np.empty((rows, x.shape[1]), dtype=x.dtype), np.empty(rows, dtype=x.dtype),
-            np.empty(rows, dtype=np.float64))
+    """Per-task buffers for :func:`exp_rows`: (e, lse, sums)."""
+    return (np.empty((rows, x.shape[1]), dtype=x.dtype), np.empty(rows), np.empty(rows))
+
+
+@helper
+def task_normalisers(x, start, stop, finite_shift):
+    """(lse, sums) for rows start..stop when the exponentials themselves are
+    not needed: nothing of the rows' size is stored for long rows."""
+    if x.shape[1] >= LONG_ROW:
+        lse = np.empty(stop - start)
+        sums = np.empty(stop - start)
+        sum_exp_rows(x, start, stop, lse, sums, finite_shift)
+        return lse, sums
+    e, lse, sums = task_scratch(x, stop - start)
+    exp_rows(x, start, stop, e, lse, sums, finite_shift)
+    return lse, sums

@@ -3,13 +3,11 @@
 Inputs are validated 2-D C-contiguous (rows, classes) float32/float64 arrays.
 """
 
-import math
-
 import numpy as np
 from numba import prange
 
 from fastxent._jit import kernel
-from fastxent.cpu._rows import exp_rows, task_rows, task_scratch
+from fastxent.cpu._rows import exp_rows, task_normalisers, task_rows
 
 
 @kernel
@@ -17,10 +15,8 @@ def _logsumexp_rows(x, out, rows_per_task):
     n_rows = x.shape[0]
     for task in prange((n_rows + rows_per_task - 1) // rows_per_task):
         start, stop = task_rows(task, rows_per_task, n_rows)
-        e, shifts, sums = task_scratch(x, stop - start)
-        exp_rows(x, start, stop, e, shifts, sums, True)
-        for r in range(stop - start):
-            out[start + r] = np.float64(shifts[r]) + math.log(sums[r])
+        lse, _ = task_normalisers(x, start, stop, True)
+        out[start:stop] = lse
 
 
 @kernel
@@ -28,19 +24,18 @@ def _softmax_rows(x, out, log, rows_per_task):
     n_rows, n_classes = x.shape
     for task in prange((n_rows + rows_per_task - 1) // rows_per_task):
         start, stop = task_rows(task, rows_per_task, n_rows)
-        e, shifts, sums = task_scratch(x, stop - start if log else 0)
         if log:
-            exp_rows(x, start, stop, e, shifts, sums, False)
+            lse, sums = task_normalisers(x, start, stop, False)
         else:
             # softmax: the exponentials go straight into the output block
-            shifts = np.empty(stop - start, dtype=x.dtype)
+            lse = np.empty(stop - start)
             sums = np.empty(stop - start)
-            exp_rows(x, start, stop, out[start:stop], shifts, sums, False)
+            exp_rows(x, start, stop, out[start:stop], lse, sums, False)
         for r in range(stop - start):
             out_row = out[start + r]
             if log:
-                # x - shift - log(sum), not log(softmax): exact for tiny probabilities
-                offset = shifts[r] + x.dtype.type(math.log(sums[r]))
+                # x - lse, not log(softmax): exact for tiny probabilities
+                offset = x.dtype.type(lse[r])
                 row = x[start + r]
                 for j in range(n_classes):
                     out_row[j] = row[j] - offset

@@ -26,7 +26,7 @@ import numpy as np
 from numba import prange
 
 from fastxent._jit import helper, kernel
-from fastxent.cpu._rows import exp_rows, row_sum, task_rows, task_scratch
+from fastxent.cpu._rows import exp_rows, row_sum, task_normalisers, task_rows, task_scratch
 
 
 @helper
@@ -68,8 +68,11 @@ def _xent_hard_rows(logits, labels, weight, weight_total, ignore_index, smoothin
     eps_c = smoothing / n_classes if n_classes > 0 else 0.0
     for task in prange((n_rows + rows_per_task - 1) // rows_per_task):
         start, stop = task_rows(task, rows_per_task, n_rows)
-        e, shifts, sums = task_scratch(logits, stop - start)
-        exp_rows(logits, start, stop, e, shifts, sums, False)
+        if grad is None:
+            lse_block, sums = task_normalisers(logits, start, stop, False)
+        else:
+            e, lse_block, sums = task_scratch(logits, stop - start)
+            exp_rows(logits, start, stop, e, lse_block, sums, False)
         for r in range(stop - start):
             i = start + r
             y = labels[i]
@@ -79,7 +82,7 @@ def _xent_hard_rows(logits, labels, weight, weight_total, ignore_index, smoothin
                     grad[i, :] = 0
                 continue
             x = logits[i]
-            lse = np.float64(shifts[r]) + math.log(sums[r])
+            lse = lse_block[r]
             w_y = class_weight(weight, y)
             loss = (1.0 - smoothing) * w_y * (lse - np.float64(x[y]))
             if smoothing != 0.0:
@@ -100,13 +103,16 @@ def _xent_soft_rows(logits, target, weight, smoothing, row_scale, loss_out, grad
     eps_c = smoothing / n_classes if n_classes > 0 else 0.0
     for task in prange((n_rows + rows_per_task - 1) // rows_per_task):
         start, stop = task_rows(task, rows_per_task, n_rows)
-        e, shifts, sums = task_scratch(logits, stop - start)
-        exp_rows(logits, start, stop, e, shifts, sums, False)
+        if grad is None:
+            lse_block, sums = task_normalisers(logits, start, stop, False)
+        else:
+            e, lse_block, sums = task_scratch(logits, stop - start)
+            exp_rows(logits, start, stop, e, lse_block, sums, False)
         for r in range(stop - start):
             i = start + r
             x = logits[i]
             t = target[i]
-            lse = np.float64(shifts[r]) + math.log(sums[r])
+            lse = lse_block[r]
             # loss = lse * sum_c w_c t'_c - sum_c w_c t'_c x_c
             wt_sum = 0.0
             wtx_sum = 0.0
