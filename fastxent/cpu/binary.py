@@ -6,18 +6,15 @@ per-element losses (for "none"), so nothing of the input's size is allocated
 beyond the outputs.  ``weight``, ``pos_weight`` and ``grad_scale`` are None or
 arrays already broadcast to the input's size.
 
-Probabilities outside [0, 1] are flagged per task (first bad index) and
-reported by the caller after the kernel: the kernel writes only into buffers
-that the caller owns.
+Probabilities outside [0, 1] are counted per task and reported by the caller
+after the kernel: the kernel writes only into buffers that the caller owns.
 """
-
-import math
 
 import numpy as np
 from numba import prange
 
 from fastxent._jit import helper, kernel
-from fastxent.cpu._fastmath import fast_exp
+from fastxent.cpu._fastmath import fast_exp, fast_log, fast_log1p
 
 
 @helper
@@ -31,9 +28,7 @@ def optional_at(a, k, default):
 @helper
 def clamped_log(v):
     """log(v) clamped at -100 like PyTorch's BCE; NaN stays NaN."""
-    lv = math.log(v) if v > 0.0 else -np.inf
-    if v != v:
-        return v
+    lv = fast_log(v)
     return -100.0 if lv < -100.0 else lv
 
 
@@ -52,11 +47,10 @@ def bce_logits_element(x, t, w, pw):
     (PyTorch's stable form: log1p(exp(-|x|)) never overflows)."""
     e = fast_exp(-abs(x))
     log_weight = 1.0 + (pw - 1.0) * t
-    loss = w * ((1.0 - t) * x + log_weight * (math.log1p(e) + max(-x, 0.0)))
+    loss = w * ((1.0 - t) * x + log_weight * (fast_log1p(e) + max(-x, 0.0)))
     sigmoid = 1.0 / (1.0 + e) if x >= 0.0 else e / (1.0 + e)
-    if x != x:
-        loss = x
-        sigmoid = x
+    loss = x if x != x else loss
+    sigmoid = x if x != x else sigmoid
     return loss, w * (sigmoid * log_weight - pw * t)
 
 
@@ -68,7 +62,7 @@ def _bce_flat(values, target, weight, pos_weight, logits, grad_scale, scale,
         start = task * task_elements
         stop = min(start + task_elements, n)
         total = 0.0
-        first_bad = -1
+        n_bad = 0
         for k in range(start, stop):
             v = np.float64(values[k])
             t = np.float64(target[k])
@@ -76,8 +70,7 @@ def _bce_flat(values, target, weight, pos_weight, logits, grad_scale, scale,
             if logits:
                 loss, d = bce_logits_element(v, t, w, optional_at(pos_weight, k, 1.0))
             else:
-                if (v < 0.0 or v > 1.0) and first_bad < 0:
-                    first_bad = k
+                n_bad += 1 if (v < 0.0 or v > 1.0) else 0
                 loss, d = bce_probs_element(v, t, w)
             if loss_out is None:
                 total += loss
@@ -86,7 +79,7 @@ def _bce_flat(values, target, weight, pos_weight, logits, grad_scale, scale,
             if grad is not None:
                 grad[k] = d * scale * optional_at(grad_scale, k, 1.0)
         partial[task] = total
-        bad[task] = first_bad
+        bad[task] = n_bad
 
 
 def bce_flat(values, target, weight, pos_weight, logits: bool, grad_scale, scale: float,
@@ -95,8 +88,9 @@ def bce_flat(values, target, weight, pos_weight, logits: bool, grad_scale, scale
     probability outside [0, 1] or -1).  ``loss_out`` None = reduce."""
     n_tasks = max(1, (values.shape[0] + task_elements - 1) // task_elements)
     partial = np.zeros(n_tasks)
-    bad = np.full(n_tasks, -1, dtype=np.int64)
+    bad = np.zeros(n_tasks, dtype=np.int64)
     _bce_flat(values.size, values, target, weight, pos_weight, logits, grad_scale, scale,
               loss_out, partial, grad, bad, task_elements)
-    flagged = bad[bad >= 0]
-    return float(partial.sum()), int(flagged[0]) if flagged.size else -1
+    if bad.any():  # only on the error path: find the first offending element
+        return float(partial.sum()), int(np.flatnonzero((values < 0) | (values > 1))[0])
+    return float(partial.sum()), -1
