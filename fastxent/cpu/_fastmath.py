@@ -95,6 +95,33 @@ def maxnum(typingctx, a, b):
     return sig, codegen
 
 
+def _clamp_intrinsic(llvm_name: str):
+    @intrinsic
+    def clamp(typingctx, a, b):
+        if a != b or not isinstance(a, types.Float):
+            return None
+        sig = a(a, b)
+
+        def codegen(context, builder, signature, args):
+            ty = args[0].type
+            suffix = "f32" if ty == ir.FloatType() else "f64"
+            fn = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ty, [ty, ty]), f"{llvm_name}.{suffix}")
+            # nnan on this one call only: a NaN operand gives poison here, and
+            # every caller selects its NaN input back at the end (a select
+            # does not propagate poison from the arm it does not take).  So
+            # the clamp is one vmaxps/vminps instead of compare-and-blend.
+            return builder.call(fn, args, fastmath=("nnan",))
+
+        return sig, codegen
+
+    return clamp
+
+
+_clamp_below = _clamp_intrinsic("llvm.maxnum")  # max(x, lo)
+_clamp_above = _clamp_intrinsic("llvm.minnum")  # min(x, hi)
+
+
 # ---------------------------------------------------------------- float32 exp
 # Cephes expf: e^x = 2^n * e^r with n = round(x / ln 2), |r| <= ln(2)/2,
 # ln 2 split in two parts so that x - n ln 2 is exact.
@@ -107,8 +134,9 @@ _F32_P2 = np.float32(8.3334519073e-3)
 _F32_P3 = np.float32(4.1665795894e-2)
 _F32_P4 = np.float32(1.6666665459e-1)
 _F32_P5 = np.float32(5.0000001201e-1)
-# Below -104 the result is < half the smallest subnormal: exactly 0.  Above
-# 89 it is > FLT_MAX: the scaling below overflows to +inf by itself.
+# exp(-104) is below half the smallest subnormal, and the two-step scaling
+# below rounds it (and anything clamped to it, -inf included) to exactly 0.
+# Above 89 the result is > FLT_MAX: the scaling overflows to +inf by itself.
 _F32_LO = np.float32(-104.0)
 _F32_HI = np.float32(89.0)
 _F32_HALF = np.float32(0.5)
@@ -117,8 +145,7 @@ _F32_ONE = np.float32(1.0)
 
 @njit(fastmath=_EXP_FASTMATH, error_model="numpy")
 def _exp_f32(x):
-    xc = x if x > _F32_LO else _F32_LO  # NaN compares false: clamped here,
-    xc = xc if xc < _F32_HI else _F32_HI  # restored at the end
+    xc = _clamp_above(_clamp_below(x, _F32_LO), _F32_HI)  # NaN: restored at the end
     n = np.floor(xc * _F32_LOG2E + _F32_HALF)
     r = xc - n * _F32_LN2_HI - n * _F32_LN2_LO
     p = _F32_P0
@@ -138,7 +165,6 @@ def _exp_f32(x):
     n2 = ni - n1
     p = _bits_to_float32(_float32_to_bits(p) + (n1 << np.int32(23)))
     y = p * _bits_to_float32((n2 + np.int32(127)) << np.int32(23))
-    y = y if x >= _F32_LO else np.float32(0.0)
     return y if x == x else x
 
 
@@ -152,8 +178,7 @@ _F64_HI = 710.0
 
 @njit(fastmath=_EXP_FASTMATH, error_model="numpy")
 def _exp_f64(x):
-    xc = x if x > _F64_LO else _F64_LO
-    xc = xc if xc < _F64_HI else _F64_HI
+    xc = _clamp_above(_clamp_below(x, _F64_LO), _F64_HI)  # NaN: restored at the end
     n = np.floor(xc * _F64_LOG2E + 0.5)
     r = xc - n * _F64_LN2_HI - n * _F64_LN2_LO
     # Taylor polynomial of degree 13 on |r| <= 0.347: truncation < 5e-18.
@@ -175,7 +200,6 @@ def _exp_f64(x):
     n2 = ni - n1
     p = _bits_to_float64(_float64_to_bits(p) + (n1 << np.int64(52)))
     y = p * _bits_to_float64((n2 + np.int64(1023)) << np.int64(52))
-    y = y if x >= _F64_LO else 0.0
     return y if x == x else x
 
 
