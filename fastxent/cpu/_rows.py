@@ -68,18 +68,19 @@ def short_row_sum(x):
     """sum_j x_j for rows shorter than one vector loop iteration (32 lanes):
     four independent partial sums instead of one serial chain of adds."""
     n = x.shape[0]
-    a0 = a1 = a2 = a3 = 0.0
+    zero = x.dtype.type(0.0)
+    a0 = a1 = a2 = a3 = zero
     j = 0
     while j + 4 <= n:
-        a0 += np.float64(x[j])
-        a1 += np.float64(x[j + 1])
-        a2 += np.float64(x[j + 2])
-        a3 += np.float64(x[j + 3])
+        a0 += x[j]
+        a1 += x[j + 1]
+        a2 += x[j + 2]
+        a3 += x[j + 3]
         j += 4
     while j < n:
-        a0 += np.float64(x[j])
+        a0 += x[j]
         j += 1
-    return (a0 + a1) + (a2 + a3)
+    return np.float64(a0 + a1) + np.float64(a2 + a3)
 
 
 @helper
