@@ -1,0 +1,275 @@
+"""Idiomatic, vectorised NumPy versions of every fastxent function.
+
+Same signatures and semantics as the kernels, computed in the input's dtype
+(float16 in float32, integers and bool in float64), written the way a good
+NumPy programmer would: max-shift, exp, sum, log, with full N x C
+temporaries.  They are the baseline the benchmarks compare against and, fed
+float64 copies of the inputs, the oracle of the test suite.  They never call
+the kernels (only the argument checks are shared, so that both raise the
+same errors).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Tuple
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from fastxent import _checks as checks
+
+__all__ = [
+    "logsumexp", "softmax", "log_softmax",
+    "cross_entropy", "cross_entropy_with_grad",
+    "binary_cross_entropy", "binary_cross_entropy_with_grad",
+    "binary_cross_entropy_with_logits", "binary_cross_entropy_with_logits_with_grad",
+    "entropy", "entropy_with_grad", "kl_divergence", "kl_divergence_with_grad",
+    "cross_entropy_probs", "cross_entropy_probs_with_grad",
+]
+
+
+def _work(x: ArrayLike, name: str) -> Tuple[np.ndarray, np.dtype]:
+    a = np.asarray(x)
+    work, result = checks.compute_dtype(a.dtype, name)
+    return a.astype(work, copy=False), result
+
+
+def _result(values: Any, dtype: np.dtype) -> Any:
+    values = np.asarray(values).astype(dtype, copy=False)
+    return values[()] if values.ndim == 0 else values
+
+
+def _axes(x: np.ndarray, axis) -> Tuple[int, ...]:
+    return checks.rows_layout(x.shape, axis).axes
+
+
+# ----------------------------------------------------------------- softmax
+def _lse(x: np.ndarray, axes: Tuple[int, ...], finite_shift: bool) -> np.ndarray:
+    """log sum exp over ``axes`` with keepdims."""
+    m = np.max(x, axis=axes, keepdims=True) if x.size else np.zeros([1] * x.ndim, x.dtype)
+    if finite_shift:  # logsumexp: all -inf -> -inf, +inf -> +inf (as scipy)
+        m = np.where(np.isfinite(m), m, 0)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        return m + np.log(np.sum(np.exp(x - m), axis=axes, keepdims=True))
+
+
+def logsumexp(x: ArrayLike, axis=-1, keepdims: bool = False):
+    a, result = _work(x, "x")
+    axes = _axes(a, axis)
+    if a.size == 0 or 0 in [a.shape[d] for d in axes]:
+        out = np.full([1 if d in axes else n for d, n in enumerate(a.shape)], -np.inf, a.dtype)
+    else:
+        out = _lse(a, axes, finite_shift=True)
+    if not keepdims:
+        out = np.squeeze(out, axis=axes)
+    return _result(out, result)
+
+
+def log_softmax(x: ArrayLike, axis=-1):
+    a, result = _work(x, "x")
+    axes = _axes(a, axis)
+    if a.size == 0:
+        return a.astype(result)
+    with np.errstate(invalid="ignore"):
+        return (a - _lse(a, axes, finite_shift=False)).astype(result, copy=False)
+
+
+def softmax(x: ArrayLike, axis=-1):
+    a, result = _work(x, "x")
+    axes = _axes(a, axis)
+    if a.size == 0:
+        return a.astype(result)
+    m = np.max(a, axis=axes, keepdims=True)
+    with np.errstate(invalid="ignore", over="ignore"):
+        e = np.exp(a - m)
+        return (e / np.sum(e, axis=axes, keepdims=True)).astype(result, copy=False)
+
+
+# ----------------------------------------------------------- cross-entropy
+def _reduce(losses: np.ndarray, reduction: str, denominator: float, dtype: np.dtype):
+    if reduction == "none":
+        return _result(losses, dtype)
+    total = np.sum(losses, dtype=np.float64)
+    if reduction == "sum":
+        return dtype.type(total)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return dtype.type(np.float64(total) / np.float64(denominator))
+
+
+def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smoothing,
+                   want_grad, grad_output=None, out=None):
+    x, result = _work(logits, "logits")
+    checks.last_axis_rows(x.shape, "logits")
+    reduction = checks.check_reduction(reduction)
+    eps = checks.check_label_smoothing(label_smoothing)
+    ignore_index = checks.check_ignore_index(ignore_index)
+    n_classes = x.shape[-1]
+    w = checks.class_weight(weight, n_classes)
+    w = np.ones(n_classes) if w is None else w
+    t = np.asarray(target)
+    hard = checks.is_class_index_target(t, x.shape)
+
+    logp = log_softmax(x)
+    if hard:
+        keep = t != ignore_index
+        bad = keep & ((t < 0) | (t >= n_classes))
+        if bad.any():
+            row = int(np.flatnonzero(bad.reshape(-1))[0])
+            raise checks.bad_label_error(int(t.reshape(-1)[row]), row, t.shape, n_classes, ignore_index)
+        safe_t = np.where(keep, t, 0)
+        t_dist = np.zeros(x.shape, dtype=x.dtype)  # one-hot targets
+        np.put_along_axis(t_dist, safe_t[..., None], 1, axis=-1)
+        w_y = np.where(keep, w[safe_t], 0.0)
+        # (1 - eps) w_y (-log p_y) + eps/C sum_c w_c (-log p_c), zero on ignored rows
+        with np.errstate(invalid="ignore"):
+            nll = -np.take_along_axis(logp, safe_t[..., None], axis=-1)[..., 0]
+            smooth = -np.sum(w * logp, axis=-1) if eps else 0.0
+            losses = np.where(keep, (1 - eps) * w_y * nll + eps / n_classes * smooth, 0.0)
+        denominator = np.sum(w_y)
+        # d/dx = A p - (eps/C) w - (1 - eps) w_y onehot,  A = (1 - eps) w_y + (eps/C) sum w
+        a = (1 - eps) * w_y + eps / n_classes * np.sum(w)
+        with np.errstate(invalid="ignore"):
+            grad = (a[..., None] * np.exp(logp) - eps / n_classes * w
+                    - ((1 - eps) * w_y)[..., None] * t_dist)
+        grad = np.where(keep[..., None], grad, 0.0)
+    else:
+        tp = (1 - eps) * t.astype(x.dtype) + eps / n_classes
+        wt = w * tp
+        with np.errstate(invalid="ignore"):
+            # 0 * log p = 0 where a masked class (-inf) has no target mass
+            losses = -np.sum(np.where(wt != 0, wt * logp, 0.0), axis=-1)
+            grad = np.sum(wt, axis=-1, keepdims=True) * np.exp(logp) - wt
+        denominator = losses.size
+    loss = _reduce(losses, reduction, denominator, result)
+    if not want_grad:
+        return loss
+    scale = checks.grad_row_scale(grad_output, reduction, x.shape[:-1], denominator)
+    grad = (grad * scale.reshape(x.shape[:-1] + (1,))).astype(result, copy=False)
+    if out is not None:
+        checks.output_array(out, x.shape, result)
+        out[...] = grad
+        return loss, out
+    return loss, grad
+
+
+def cross_entropy(logits: ArrayLike, target: ArrayLike, *, weight: Optional[ArrayLike] = None,
+                  ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0):
+    return _cross_entropy(logits, target, weight, ignore_index, reduction, label_smoothing, False)
+
+
+def cross_entropy_with_grad(logits: ArrayLike, target: ArrayLike, *,
+                            weight: Optional[ArrayLike] = None, ignore_index: int = -100,
+                            reduction: str = "mean", label_smoothing: float = 0.0,
+                            grad_output=None, out: Optional[np.ndarray] = None):
+    return _cross_entropy(logits, target, weight, ignore_index, reduction, label_smoothing, True,
+                          grad_output, out)
+
+
+# ---------------------------------------------------- binary cross-entropy
+def _binary(values, target, weight, pos_weight, reduction, from_logits, want_grad, grad_output):
+    name = "logits" if from_logits else "probs"
+    v, result = _work(values, name)
+    t, _ = _work(target, "target")
+    checks.same_shape(v.shape, t.shape, (name, "target"))
+    reduction = checks.check_reduction(reduction)
+    t = t.astype(v.dtype, copy=False)
+    w = 1.0 if weight is None else np.broadcast_to(np.asarray(weight, dtype=np.float64), v.shape)
+    if from_logits:
+        pw = 1.0 if pos_weight is None else np.broadcast_to(np.asarray(pos_weight, np.float64), v.shape)
+        log_weight = 1 + (pw - 1) * t
+        with np.errstate(over="ignore", invalid="ignore"):
+            losses = w * ((1 - t) * v + log_weight * (np.log1p(np.exp(-np.abs(v))) + np.maximum(-v, 0)))
+            sig = np.where(v >= 0, 1 / (1 + np.exp(-np.abs(v))), np.exp(-np.abs(v)) / (1 + np.exp(-np.abs(v))))
+            grad = w * (sig * log_weight - pw * t)
+    else:
+        bad = (v < 0) | (v > 1)
+        if bad.any():
+            where = np.unravel_index(int(np.flatnonzero(bad.reshape(-1))[0]), v.shape)
+            raise ValueError(f"probs must be in [0, 1]; found {v[where]!r} at index {where}")
+        with np.errstate(divide="ignore", invalid="ignore"):
+            losses = -w * (t * np.maximum(np.log(v), -100) + (1 - t) * np.maximum(np.log(1 - v), -100))
+            grad = w * (v - t) / np.maximum(v * (1 - v), 1e-12)
+    losses = np.broadcast_to(losses, v.shape)
+    loss = _reduce(losses, reduction, v.size, result)
+    if not want_grad:
+        return loss
+    g = 1.0 if grad_output is None else np.asarray(grad_output, dtype=np.float64)
+    if reduction == "mean":
+        g = g / v.size if v.size else np.nan
+    return loss, np.broadcast_to(grad * g, v.shape).astype(result)
+
+
+def binary_cross_entropy(probs, target, *, weight=None, reduction="mean"):
+    return _binary(probs, target, weight, None, reduction, False, False, None)
+
+
+def binary_cross_entropy_with_grad(probs, target, *, weight=None, reduction="mean", grad_output=None):
+    return _binary(probs, target, weight, None, reduction, False, True, grad_output)
+
+
+def binary_cross_entropy_with_logits(logits, target, *, weight=None, pos_weight=None,
+                                     reduction="mean"):
+    return _binary(logits, target, weight, pos_weight, reduction, True, False, None)
+
+
+def binary_cross_entropy_with_logits_with_grad(logits, target, *, weight=None, pos_weight=None,
+                                               reduction="mean", grad_output=None):
+    return _binary(logits, target, weight, pos_weight, reduction, True, True, grad_output)
+
+
+# -------------------------------------------------------------- divergences
+def _pair(p, q):
+    a, ra = _work(p, "p")
+    b, rb = _work(q, "q")
+    checks.same_shape(a.shape, b.shape, ("p", "q"))
+    work = np.promote_types(a.dtype, b.dtype)
+    return a.astype(work, copy=False), b.astype(work, copy=False), np.promote_types(ra, rb)
+
+
+def entropy_with_grad(p, axis=-1):
+    a, result = _work(p, "p")
+    axes = _axes(a, axis)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(a > 0, -a * np.log(np.where(a > 0, a, 1)), np.where(a == 0, 0.0, -np.inf))
+        terms = np.where(np.isnan(a), np.nan, terms)
+        grad = -(np.log(a) + 1)
+    return _result(np.sum(terms, axis=axes), result), grad.astype(result)
+
+
+def entropy(p, axis=-1):
+    return entropy_with_grad(p, axis)[0]
+
+
+def _divergence(p, q, axis, kl):
+    a, b, result = _pair(p, q)
+    axes = _axes(a, axis)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if kl:  # scipy.special.rel_entr
+            terms = np.where((a > 0) & (b > 0), a * np.log(a / b),
+                             np.where((a == 0) & (b >= 0), 0.0, np.inf))
+        else:  # -scipy.special.xlogy(p, q)
+            terms = np.where(a == 0, 0.0, -a * np.log(b))
+        terms = np.where(np.isnan(a) | np.isnan(b), np.nan, terms)
+        grad = np.where(a == 0, 0.0, -a / b)
+    return _result(np.sum(terms, axis=axes), result), grad.astype(result)
+
+
+def kl_divergence(p, q, axis=-1):
+    return _divergence(p, q, axis, True)[0]
+
+
+def kl_divergence_with_grad(p, q, axis=-1):
+    return _divergence(p, q, axis, True)
+
+
+def cross_entropy_probs(p, q, axis=-1):
+    return _divergence(p, q, axis, False)[0]
+
+
+def cross_entropy_probs_with_grad(p, q, axis=-1):
+    return _divergence(p, q, axis, False)
+
+
+# ------------------------------------------------------ linear cross-entropy
+# (reference versions of linear_cross_entropy / linear_cross_entropy_with_grad
+# are appended below by fastxent/_linear.py's author)
