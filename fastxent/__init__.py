@@ -23,7 +23,6 @@ from fastxent._api import (
     logsumexp,
     softmax,
 )
-from fastxent._linear import linear_cross_entropy, linear_cross_entropy_with_grad
 from fastxent import reference
 
 __version__ = "0.1.0"
@@ -52,7 +51,12 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # scikit-learn is an optional extra: import the estimator only when asked for.
+    # Imported on first use: the linear family pulls in more code, and
+    # scikit-learn (for the estimator) is an optional extra.
+    if name in ("linear_cross_entropy", "linear_cross_entropy_with_grad"):
+        from fastxent import _linear
+
+        return getattr(_linear, name)
     if name == "SoftmaxRegression":
         from fastxent.sklearn import SoftmaxRegression
 
