@@ -133,6 +133,16 @@ def kernel(fn: Callable) -> Kernel:
     return Kernel(fn)
 
 
+def specialise(template: Callable, name: str, **functions: Callable) -> Kernel:
+    """A :class:`Kernel` from ``template``, a factory whose closure binds
+    element-wise helpers: one loop written once, compiled per helper, so that
+    each variant's loop has no runtime branch and vectorises."""
+    fn = template(**functions)
+    fn.__name__ = name
+    fn.__qualname__ = name
+    return Kernel(fn)
+
+
 def helper(fn: Callable) -> Callable:
     """Decorator for inner-loop helpers shared by several kernels."""
     return njit(fastmath=FASTMATH, cache=True, nogil=True, error_model="numpy", inline="always")(fn)

@@ -13,7 +13,7 @@ after the kernel: the kernel writes only into buffers that the caller owns.
 import numpy as np
 from numba import prange
 
-from fastxent._jit import helper, kernel
+from fastxent._jit import helper, specialise
 from fastxent.cpu._fastmath import fast_exp, fast_log, fast_log1p
 
 
@@ -33,53 +33,56 @@ def clamped_log(v):
 
 
 @helper
-def bce_probs_element(p, t, w):
-    """(loss, dloss/dp) for one probability p and target t, weight w."""
+def bce_probs_element(p, t, w, pw):
+    """(loss, dloss/dp, 1 if p is outside [0, 1]) for one probability p,
+    target t, weight w (``pw`` is unused: the signature is shared)."""
     loss = -w * (t * clamped_log(p) + (1.0 - t) * clamped_log(1.0 - p))
     denom = p * (1.0 - p)
     denom = 1e-12 if denom < 1e-12 else denom
-    return loss, w * (p - t) / denom
+    return loss, w * (p - t) / denom, 1 if (p < 0.0 or p > 1.0) else 0
 
 
 @helper
 def bce_logits_element(x, t, w, pw):
-    """(loss, dloss/dx) for one logit x, target t, weight w, positive weight pw
-    (PyTorch's stable form: log1p(exp(-|x|)) never overflows)."""
+    """(loss, dloss/dx, 0) for one logit x, target t, weight w, positive
+    weight pw (PyTorch's stable form: log1p(exp(-|x|)) never overflows)."""
     e = fast_exp(-abs(x))
     log_weight = 1.0 + (pw - 1.0) * t
     loss = w * ((1.0 - t) * x + log_weight * (fast_log1p(e) + max(-x, 0.0)))
     sigmoid = 1.0 / (1.0 + e) if x >= 0.0 else e / (1.0 + e)
     loss = x if x != x else loss
     sigmoid = x if x != x else sigmoid
-    return loss, w * (sigmoid * log_weight - pw * t)
+    return loss, w * (sigmoid * log_weight - pw * t), 0
 
 
-@kernel
-def _bce_flat(values, target, weight, pos_weight, logits, grad_scale, scale,
-              loss_out, partial, grad, bad, task_elements):
-    n = values.shape[0]
-    for task in prange((n + task_elements - 1) // task_elements):
-        start = task * task_elements
-        stop = min(start + task_elements, n)
-        total = 0.0
-        n_bad = 0
-        for k in range(start, stop):
-            v = np.float64(values[k])
-            t = np.float64(target[k])
-            w = optional_at(weight, k, 1.0)
-            if logits:
-                loss, d = bce_logits_element(v, t, w, optional_at(pos_weight, k, 1.0))
-            else:
-                n_bad += 1 if (v < 0.0 or v > 1.0) else 0
-                loss, d = bce_probs_element(v, t, w)
-            if loss_out is None:
-                total += loss
-            else:
-                loss_out[k] = loss
-            if grad is not None:
-                grad[k] = d * scale * optional_at(grad_scale, k, 1.0)
-        partial[task] = total
-        bad[task] = n_bad
+def _bce_template(element):
+    def bce_flat(values, target, weight, pos_weight, grad_scale, scale, loss_out, partial, grad,
+                 bad, task_elements):
+        n = values.shape[0]
+        for task in prange((n + task_elements - 1) // task_elements):
+            start = task * task_elements
+            stop = min(start + task_elements, n)
+            total = 0.0
+            n_bad = 0
+            for k in range(start, stop):
+                loss, d, out_of_range = element(
+                    np.float64(values[k]), np.float64(target[k]), optional_at(weight, k, 1.0),
+                    optional_at(pos_weight, k, 1.0))
+                n_bad += out_of_range
+                if loss_out is None:
+                    total += loss
+                else:
+                    loss_out[k] = loss
+                if grad is not None:
+                    grad[k] = d * scale * optional_at(grad_scale, k, 1.0)
+            partial[task] = total
+            bad[task] = n_bad
+
+    return bce_flat
+
+
+_bce_probs = specialise(_bce_template, "bce_probs_flat", element=bce_probs_element)
+_bce_logits = specialise(_bce_template, "bce_logits_flat", element=bce_logits_element)
 
 
 def bce_flat(values, target, weight, pos_weight, logits: bool, grad_scale, scale: float,
@@ -89,8 +92,9 @@ def bce_flat(values, target, weight, pos_weight, logits: bool, grad_scale, scale
     n_tasks = max(1, (values.shape[0] + task_elements - 1) // task_elements)
     partial = np.zeros(n_tasks)
     bad = np.zeros(n_tasks, dtype=np.int64)
-    _bce_flat(values.size, values, target, weight, pos_weight, logits, grad_scale, scale,
-              loss_out, partial, grad, bad, task_elements)
+    kernel = _bce_logits if logits else _bce_probs
+    kernel(values.size, values, target, weight, pos_weight, grad_scale, scale, loss_out, partial,
+           grad, bad, task_elements)
     if bad.any():  # only on the error path: find the first offending element
         return float(partial.sum()), int(np.flatnonzero((values < 0) | (values > 1))[0])
     return float(partial.sum()), -1
