@@ -1,0 +1,33 @@
+"""Shared fixtures: fresh random inputs (seed printed, so a failure can be
+replayed with FASTXENT_TEST_SEED=<seed>), tolerances, and the oracle helpers."""
+
+import os
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture
+def rng(request):
+    seed = int(os.environ.get("FASTXENT_TEST_SEED", np.random.SeedSequence().entropy % 2**63))
+    print(f"{request.node.name}: FASTXENT_TEST_SEED={seed}")
+    return np.random.default_rng(seed)
+
+
+def as64(a):
+    """A float64 copy of an input, for the reference oracle."""
+    a = np.asarray(a)
+    return a.astype(np.float64) if a.dtype.kind == "f" else a
+
+
+def assert_close(got, expected, rtol, atol=0.0):
+    """Elementwise comparison that also requires NaN where NaN is expected and
+    equal infinities."""
+    got = np.asarray(got, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    assert got.shape == expected.shape, (got.shape, expected.shape)
+    np.testing.assert_allclose(got, expected, rtol=rtol, atol=atol, equal_nan=True)
+
+
+def torch_or_skip():
+    return pytest.importorskip("torch")
