@@ -188,7 +188,7 @@ def _binary(values, target, weight, pos_weight, reduction, from_logits, want_gra
             raise ValueError(f"probs must be in [0, 1]; found {v[where]!r} at index {where}")
         with np.errstate(divide="ignore", invalid="ignore"):
             losses = -w * (t * np.maximum(np.log(v), -100) + (1 - t) * np.maximum(np.log(1 - v), -100))
-            grad = w * (v - t) / np.maximum(v * (1 - v), 1e-12)
+            grad = w * (v - t) / np.maximum(v * (1 - v), float(np.float32(1e-12)))  # PyTorch's float32 epsilon
     losses = np.broadcast_to(losses, v.shape)
     loss = _reduce(losses, reduction, v.size, result)
     if not want_grad:

@@ -17,6 +17,11 @@ from fastxent._jit import helper, specialise
 from fastxent.cpu._fastmath import fast_exp, fast_log, fast_log1p
 
 
+# PyTorch clamps p (1 - p) at a *float32* 1e-12 in the BCE gradient; the same
+# constant makes the gradients agree at p = 0 or 1 to the last bit.
+_EPSILON = float(np.float32(1e-12))
+
+
 @helper
 def optional_at(a, k, default):
     """a[k], or ``default`` when ``a`` is None (pruned at compile time)."""
@@ -38,7 +43,7 @@ def bce_probs_element(p, t, w, pw):
     target t, weight w (``pw`` is unused: the signature is shared)."""
     loss = -w * (t * clamped_log(p) + (1.0 - t) * clamped_log(1.0 - p))
     denom = p * (1.0 - p)
-    denom = 1e-12 if denom < 1e-12 else denom
+    denom = _EPSILON if denom < _EPSILON else denom
     return loss, w * (p - t) / denom, 1 if (p < 0.0 or p > 1.0) else 0
 
 

@@ -1,0 +1,98 @@
+"""Binary cross-entropy (probabilities and logits) against PyTorch, the
+reference and finite differences."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+import fastxent as fx
+from fastxent import reference
+from tests.conftest import assert_close
+
+REDUCTIONS = ["mean", "sum", "none"]
+
+
+def _inputs(rng, shape=(9, 4)):
+    probs = rng.uniform(0.001, 0.999, shape)
+    probs.reshape(-1)[:3] = [0.0, 1.0, 1e-300]  # clamped logs
+    target = rng.random(shape)
+    target.reshape(-1)[:2] = [1.0, 0.0]
+    logits = rng.standard_normal(shape) * 8
+    logits.reshape(-1)[:2] = [60.0, -800.0]
+    return probs, target, logits
+
+
+@pytest.mark.parametrize("reduction,weighted", list(itertools.product(REDUCTIONS, [False, True])))
+def test_probs_against_torch(rng, reduction, weighted):
+    torch = pytest.importorskip("torch")
+    probs, target, _ = _inputs(rng)
+    weight = rng.random(4) if weighted else None
+    p = torch.tensor(probs, requires_grad=True)
+    t_loss = torch.nn.functional.binary_cross_entropy(
+        p, torch.tensor(target), weight=None if weight is None else torch.tensor(weight), reduction=reduction)
+    upstream = rng.random(probs.shape) if reduction == "none" else 0.9
+    t_loss.backward(torch.as_tensor(upstream, dtype=torch.float64))
+    loss, grad = fx.binary_cross_entropy_with_grad(probs, target, weight=weight, reduction=reduction,
+                                                   grad_output=upstream)
+    assert_close(loss, t_loss.detach().numpy(), rtol=1e-12)
+    assert_close(grad, p.grad.numpy(), rtol=1e-12)
+    assert_close(fx.binary_cross_entropy(probs, target, weight=weight, reduction=reduction),
+                 t_loss.detach().numpy(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("reduction,weighted,pos", list(itertools.product(REDUCTIONS, [False, True], [False, True])))
+def test_logits_against_torch(rng, reduction, weighted, pos):
+    torch = pytest.importorskip("torch")
+    _, target, logits = _inputs(rng)
+    weight = rng.random((9, 1)) if weighted else None
+    pos_weight = rng.random(4) * 3 if pos else None
+    x = torch.tensor(logits, requires_grad=True)
+    t_loss = torch.nn.functional.binary_cross_entropy_with_logits(
+        x, torch.tensor(target), weight=None if weight is None else torch.tensor(weight),
+        pos_weight=None if pos_weight is None else torch.tensor(pos_weight), reduction=reduction)
+    t_loss.backward(torch.ones_like(t_loss))
+    loss, grad = fx.binary_cross_entropy_with_logits_with_grad(
+        logits, target, weight=weight, pos_weight=pos_weight, reduction=reduction)
+    assert_close(loss, t_loss.detach().numpy(), rtol=1e-12, atol=1e-300)
+    # sigmoid(x) lw - pw t cancels: absolute error on the scale of the terms
+    assert_close(grad, x.grad.numpy(), rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("from_logits", [False, True])
+def test_finite_differences(rng, from_logits):
+    probs, target, logits = _inputs(rng, (3, 3))
+    values = logits / 8 if from_logits else rng.uniform(0.05, 0.95, (3, 3))
+    loss_fn = fx.binary_cross_entropy_with_logits if from_logits else fx.binary_cross_entropy
+    grad_fn = (fx.binary_cross_entropy_with_logits_with_grad if from_logits
+               else fx.binary_cross_entropy_with_grad)
+    _, grad = grad_fn(values, target, reduction="sum")
+    h = 1e-6
+    numeric = np.empty_like(values)
+    for k in range(values.size):
+        up, down = values.copy(), values.copy()
+        up.reshape(-1)[k] += h
+        down.reshape(-1)[k] -= h
+        numeric.reshape(-1)[k] = (loss_fn(up, target, reduction="sum") - loss_fn(down, target, reduction="sum")) / (2 * h)
+    assert_close(grad, numeric, rtol=1e-6, atol=1e-8)
+
+
+def test_matches_reference_and_float32(rng):
+    probs, target, logits = _inputs(rng, (300, 50))
+    for name, v in (("binary_cross_entropy_with_grad", probs), ("binary_cross_entropy_with_logits_with_grad", logits)):
+        got = getattr(fx, name)(v, target, reduction="none")
+        ref = getattr(reference, name)(v, target, reduction="none")
+        assert_close(got[0], ref[0], rtol=1e-12, atol=1e-300)
+        got32 = getattr(fx, name)(v.astype(np.float32), target.astype(np.float32))
+        ref32 = getattr(reference, name)(v.astype(np.float32).astype(np.float64), target.astype(np.float32).astype(np.float64))
+        assert got32[0].dtype == np.float32
+        assert abs(got32[0] - ref32[0]) / abs(ref32[0]) < 1e-5
+
+
+def test_probabilities_outside_unit_interval_raise():
+    with pytest.raises(ValueError, match=r"\[0, 1\].*1.5"):
+        fx.binary_cross_entropy(np.array([0.2, 1.5]), np.array([1.0, 0.0]))
+    with pytest.raises(ValueError, match="-0.1"):
+        fx.binary_cross_entropy_with_grad(np.array([[0.2], [-0.1]]), np.array([[1.0], [0.0]]))
+    # NaN is not an error: it propagates
+    assert np.isnan(fx.binary_cross_entropy(np.array([np.nan, 0.5]), np.array([1.0, 0.0]), reduction="none")[0])
