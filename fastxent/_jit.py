@@ -145,4 +145,4 @@ def specialise(template: Callable, name: str, **functions: Callable) -> Kernel:
 
 def helper(fn: Callable) -> Callable:
     """Decorator for inner-loop helpers shared by several kernels."""
-    return njit(fastmath=FASTMATH, cache=True, nogil=True, error_model="numpy", inline="always")(fn)
+    return njit(fastmath=FASTMATH, cache=True, nogil=True, error_model="numpy")(fn)

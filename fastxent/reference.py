@@ -70,8 +70,10 @@ def log_softmax(x: ArrayLike, axis=-1):
     axes = _axes(a, axis)
     if a.size == 0:
         return a.astype(result)
-    with np.errstate(invalid="ignore"):
-        return (a - _lse(a, axes, finite_shift=False)).astype(result, copy=False)
+    m = np.max(a, axis=axes, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        shifted = a - m  # x - max - log sum exp(x - max): exact for huge max
+        return (shifted - np.log(np.sum(np.exp(shifted), axis=axes, keepdims=True))).astype(result, copy=False)
 
 
 def softmax(x: ArrayLike, axis=-1):

@@ -203,6 +203,21 @@ def _exp_f64(x):
     return y if x == x else x
 
 
+@njit(fastmath=_EXP_FASTMATH, error_model="numpy")
+def diff_minus(a, b, c):
+    """(a - b) - c in this order, also when inlined into a fast-math loop:
+    these instructions carry no ``reassoc``, so LLVM cannot rewrite it as
+    a - (b + c), which loses everything when |b| ~ 1e30 and c ~ 1."""
+    return (a - b) - c
+
+
+@njit(fastmath=_EXP_FASTMATH, error_model="numpy")
+def scaled_diff(w, a, b):
+    """w * (a - b), never distributed into w*a - w*b (see diff_minus); sums
+    of it in a fast-math loop still vectorise."""
+    return w * (a - b)
+
+
 def fast_exp(x):
     """e**x for a float32 or float64 scalar, vectorisable inside loops."""
     return math.exp(x)

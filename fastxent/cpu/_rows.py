@@ -107,16 +107,16 @@ def max_shift(x, finite_shift):
 
 
 @helper
-def add_logs(lse, sums):
-    """lse[r] += log(sums[r]): one vectorised loop over a block's rows."""
-    for r in range(lse.shape[0]):
-        lse[r] += fast_log(sums[r])
+def logs_of(sums, log_sums):
+    """log_sums[r] = log(sums[r]): one vectorised loop over a block's rows."""
+    for r in range(sums.shape[0]):
+        log_sums[r] = fast_log(sums[r])
 
 
 @helper
-def sum_exp_rows(x, start, stop, lse, sums, finite_shift):
-    """lse and sums as :func:`exp_rows` gives them, without storing the
-    exponentials: for long rows when only the normaliser is needed."""
+def sum_exp_rows(x, start, stop, shifts, sums, log_sums, finite_shift):
+    """shifts, sums and log_sums as :func:`exp_rows` gives them, without
+    storing the exponentials: for long rows when only the normaliser is needed."""
     zero = x.dtype.type(0.0)
     for r in range(stop - start):
         s = row_sum_exp(x[start + r], zero)
@@ -124,9 +124,9 @@ def sum_exp_rows(x, start, stop, lse, sums, finite_shift):
         if not (SAFE_MIN <= s <= SAFE_MAX):  # rare: keep the call off the hot path
             shift = max_shift(x[start + r], finite_shift)
             s = row_sum_exp(x[start + r], shift)
-        lse[r] = shift
+        shifts[r] = shift
         sums[r] = s
-    add_logs(lse, sums)
+    logs_of(sums, log_sums)
 
 
 @helper
@@ -137,12 +137,14 @@ def exp_into(x, shift, out):
 
 
 @helper
-def exp_rows(x, start, stop, e, lse, sums, finite_shift):
-    """For rows start..stop of x: e[r, :] = exp(x[start + r] - shift_r),
-    sums[r] = sum of that row of e and lse[r] = shift_r + log(sums[r]) =
-    logsumexp of the row (both float64).
+def exp_rows(x, start, stop, e, shifts, sums, log_sums, finite_shift):
+    """For rows start..stop of x: e[r, :] = exp(x[start + r] - shifts[r]),
+    sums[r] = sum of that row of e (float64) and log_sums[r] = log(sums[r]).
+    The row's logsumexp is shifts[r] + log_sums[r]; quantities relative to it
+    are computed as (x - shift) - log_sum, which stays exact when |shift| is
+    huge (1e30) and log_sum is not.
 
-    shift_r is 0 unless the unshifted sum is unsafe; then it is the row max
+    shifts[r] is 0 unless the unshifted sum is unsafe; then it is the row max
     -- or, with ``finite_shift`` (logsumexp), the max only when finite, so
     that an all -inf row sums to 0 and a row with +inf to inf.  Without it a
     row that is all -inf or holds +inf sums to NaN, as softmax requires.
@@ -161,26 +163,29 @@ def exp_rows(x, start, stop, e, lse, sums, finite_shift):
             shift = max_shift(x[start + r], finite_shift)
             exp_into(x[start + r], shift, e[r])
             s = row_sum(e[r])
-        lse[r] = shift
+        shifts[r] = shift
         sums[r] = s
-    add_logs(lse, sums)
+    logs_of(sums, log_sums)
 
 
 @helper
 def task_scratch(x, rows):
-    """Per-task buffers for :func:`exp_rows`: (e, lse, sums)."""
-    return (np.empty((rows, x.shape[1]), dtype=x.dtype), np.empty(rows), np.empty(rows))
+    """Per-task buffers for :func:`exp_rows`: (e, shifts, sums, log_sums)."""
+    return (np.empty((rows, x.shape[1]), dtype=x.dtype), np.empty(rows, dtype=x.dtype),
+            np.empty(rows), np.empty(rows))
 
 
 @helper
 def task_normalisers(x, start, stop, finite_shift):
-    """(lse, sums) for rows start..stop when the exponentials themselves are
-    not needed: nothing of the rows' size is stored for long rows."""
+    """(shifts, sums, log_sums) for rows start..stop when the exponentials
+    themselves are not needed: nothing of the rows' size is stored for long rows."""
     if x.shape[1] >= LONG_ROW:
-        lse = np.empty(stop - start)
+        _, shifts, sums, log_sums = task_scratch(x, 0)
+        shifts = np.empty(stop - start, dtype=x.dtype)
         sums = np.empty(stop - start)
-        sum_exp_rows(x, start, stop, lse, sums, finite_shift)
-        return lse, sums
-    e, lse, sums = task_scratch(x, stop - start)
-    exp_rows(x, start, stop, e, lse, sums, finite_shift)
-    return lse, sums
+        log_sums = np.empty(stop - start)
+        sum_exp_rows(x, start, stop, shifts, sums, log_sums, finite_shift)
+        return shifts, sums, log_sums
+    e, shifts, sums, log_sums = task_scratch(x, stop - start)
+    exp_rows(x, start, stop, e, shifts, sums, log_sums, finite_shift)
+    return shifts, sums, log_sums

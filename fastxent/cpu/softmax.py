@@ -7,6 +7,7 @@ import numpy as np
 from numba import prange
 
 from fastxent._jit import kernel
+from fastxent.cpu._fastmath import diff_minus
 from fastxent.cpu._rows import exp_rows, task_normalisers, task_rows
 
 
@@ -15,8 +16,9 @@ def _logsumexp_rows(x, out, rows_per_task):
     n_rows = x.shape[0]
     for task in prange((n_rows + rows_per_task - 1) // rows_per_task):
         start, stop = task_rows(task, rows_per_task, n_rows)
-        lse, _ = task_normalisers(x, start, stop, True)
-        out[start:stop] = lse
+        shifts, _, log_sums = task_normalisers(x, start, stop, True)
+        for r in range(stop - start):
+            out[start + r] = np.float64(shifts[r]) + log_sums[r]
 
 
 @kernel
@@ -25,20 +27,23 @@ def _softmax_rows(x, out, log, rows_per_task):
     for task in prange((n_rows + rows_per_task - 1) // rows_per_task):
         start, stop = task_rows(task, rows_per_task, n_rows)
         if log:
-            lse, sums = task_normalisers(x, start, stop, False)
+            shifts, sums, log_sums = task_normalisers(x, start, stop, False)
         else:
             # softmax: the exponentials go straight into the output block
-            lse = np.empty(stop - start)
+            shifts = np.empty(stop - start, dtype=x.dtype)
             sums = np.empty(stop - start)
-            exp_rows(x, start, stop, out[start:stop], lse, sums, False)
+            log_sums = np.empty(stop - start)
+            exp_rows(x, start, stop, out[start:stop], shifts, sums, log_sums, False)
         for r in range(stop - start):
             out_row = out[start + r]
             if log:
-                # x - lse, not log(softmax): exact for tiny probabilities
-                offset = x.dtype.type(lse[r])
+                # (x - shift) - log(sum), not log(softmax): exact for tiny
+                # probabilities, and for huge shifts (1e30)
+                shift = shifts[r]
+                log_sum = x.dtype.type(log_sums[r])
                 row = x[start + r]
                 for j in range(n_classes):
-                    out_row[j] = row[j] - offset
+                    out_row[j] = diff_minus(row[j], shift, log_sum)
             else:
                 inv = x.dtype.type(1.0 / sums[r])
                 for j in range(n_classes):

@@ -26,7 +26,8 @@ import numpy as np
 from numba import prange
 
 from fastxent._jit import helper, kernel
-from fastxent.cpu._rows import exp_rows, row_sum, task_normalisers, task_rows, task_scratch
+from fastxent.cpu._fastmath import diff_minus, scaled_diff
+from fastxent.cpu._rows import exp_rows, task_normalisers, task_rows, task_scratch
 
 
 @helper
@@ -38,13 +39,11 @@ def class_weight(weight, c):
 
 
 @helper
-def weighted_row_sum(x, weight):
-    """sum_c w_c x_c in float64 (the label-smoothing term)."""
-    if weight is None:
-        return row_sum(x)
+def weighted_row_sum(x, shift, weight):
+    """sum_c w_c (x_c - shift) in float64 (the label-smoothing term)."""
     s = 0.0
     for j in range(x.shape[0]):
-        s += weight[j] * np.float64(x[j])
+        s += scaled_diff(class_weight(weight, j), np.float64(x[j]), np.float64(shift))
     return s
 
 
@@ -69,10 +68,10 @@ def _xent_hard_rows(logits, labels, weight, weight_total, ignore_index, smoothin
     for task in prange((n_rows + rows_per_task - 1) // rows_per_task):
         start, stop = task_rows(task, rows_per_task, n_rows)
         if grad is None:
-            lse_block, sums = task_normalisers(logits, start, stop, False)
+            shifts, sums, log_sums = task_normalisers(logits, start, stop, False)
         else:
-            e, lse_block, sums = task_scratch(logits, stop - start)
-            exp_rows(logits, start, stop, e, lse_block, sums, False)
+            e, shifts, sums, log_sums = task_scratch(logits, stop - start)
+            exp_rows(logits, start, stop, e, shifts, sums, log_sums, False)
         for r in range(stop - start):
             i = start + r
             y = labels[i]
@@ -82,11 +81,13 @@ def _xent_hard_rows(logits, labels, weight, weight_total, ignore_index, smoothin
                     grad[i, :] = 0
                 continue
             x = logits[i]
-            lse = lse_block[r]
+            # lse - x_c as log_sum - (x_c - shift): exact even for |shift| ~ 1e30
+            shift = shifts[r]
+            log_sum = log_sums[r]
             w_y = class_weight(weight, y)
-            loss = (1.0 - smoothing) * w_y * (lse - np.float64(x[y]))
+            loss = (1.0 - smoothing) * w_y * -diff_minus(np.float64(x[y]), np.float64(shift), log_sum)
             if smoothing != 0.0:
-                loss += eps_c * (lse * weight_total - weighted_row_sum(x, weight))
+                loss += eps_c * (log_sum * weight_total - weighted_row_sum(x, shift, weight))
             loss_out[i] = loss
             if grad is not None:
                 # x is read for the last time above: grad may be the logits (in place)
@@ -104,16 +105,16 @@ def _xent_soft_rows(logits, target, weight, smoothing, row_scale, loss_out, grad
     for task in prange((n_rows + rows_per_task - 1) // rows_per_task):
         start, stop = task_rows(task, rows_per_task, n_rows)
         if grad is None:
-            lse_block, sums = task_normalisers(logits, start, stop, False)
+            shifts, sums, log_sums = task_normalisers(logits, start, stop, False)
         else:
-            e, lse_block, sums = task_scratch(logits, stop - start)
-            exp_rows(logits, start, stop, e, lse_block, sums, False)
+            e, shifts, sums, log_sums = task_scratch(logits, stop - start)
+            exp_rows(logits, start, stop, e, shifts, sums, log_sums, False)
         for r in range(stop - start):
             i = start + r
             x = logits[i]
             t = target[i]
-            lse = lse_block[r]
-            # loss = lse * sum_c w_c t'_c - sum_c w_c t'_c x_c
+            shift = shifts[r]
+            # loss = sum_c w_c t'_c (lse - x_c) = log_sum * sum wt - sum wt (x_c - shift)
             wt_sum = 0.0
             wtx_sum = 0.0
             for j in range(n_classes):
@@ -121,8 +122,8 @@ def _xent_soft_rows(logits, target, weight, smoothing, row_scale, loss_out, grad
                 wt_sum += wt
                 # 0 * (-inf) would be NaN: a masked class with no target mass adds 0
                 if wt != 0.0:
-                    wtx_sum += wt * np.float64(x[j])
-            loss_out[i] = lse * wt_sum - wtx_sum
+                    wtx_sum += scaled_diff(wt, np.float64(x[j]), np.float64(shift))
+            loss_out[i] = log_sums[r] * wt_sum - wtx_sum
             if grad is not None:
                 scale = row_scale[i]
                 g = grad[i]
