@@ -116,24 +116,22 @@ def log_softmax(x: ArrayLike, axis: Axis = -1) -> np.ndarray:
 
 
 # ------------------------------------------------------------ cross-entropy
-def _gradient_buffer(out: Any, logits: np.ndarray, x2: np.ndarray, extra: Optional[np.ndarray],
+def _gradient_buffer(out: Any, logits: np.ndarray, x2: np.ndarray, target2: Optional[np.ndarray],
                      result_dtype: np.dtype) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-    """Where the kernel writes the gradient: (2-D buffer, user array to copy
-    into afterwards or None).  ``out`` is written directly when it is a
-    C-contiguous array of the compute dtype that is either the logits
-    themselves (in-place gradient) or overlaps no input."""
+    """Where the kernel writes the gradient: (2-D buffer, user array to copy it
+    into afterwards, or None).  ``out`` is written directly when it is a
+    C-contiguous array of the compute dtype that is either exactly the logits
+    (an in-place gradient: each row is read before it is written) or shares
+    no memory with the inputs."""
     if out is None:
         return np.empty(x2.shape, dtype=x2.dtype), None
     out = checks.output_array(out, logits.shape, result_dtype)
     if out.dtype == x2.dtype and out.flags.c_contiguous:
         direct = out.reshape(x2.shape)
-        same_as_logits = (direct.__array_interface__["data"][0] == x2.__array_interface__["data"][0]
-                          and direct.strides == x2.strides)
-        overlaps = np.may_share_memory(direct, x2) or (
-            extra is not None and np.may_share_memory(direct, extra))
-        if same_as_logits and not (extra is not None and np.may_share_memory(direct, extra)):
-            return direct, None
-        if not overlaps:
+        in_place = (direct.__array_interface__["data"][0] == x2.__array_interface__["data"][0]
+                    and direct.strides == x2.strides)
+        touches_target = target2 is not None and np.may_share_memory(direct, target2)
+        if not touches_target and (in_place or not np.may_share_memory(direct, x2)):
             return direct, None
     return np.empty(x2.shape, dtype=x2.dtype), out
 
