@@ -234,7 +234,8 @@ def plot(cells: List[Cell], path: str) -> None:
 
 
 def run(functions: List[str], shapes: List[tuple], dtypes: List, rounds: int, peers: bool,
-        log=sys.stderr) -> List[Cell]:
+        log=None) -> List[Cell]:
+    log = log or sys.stderr
     jobs = [(f, s, d) for d in dtypes for s in shapes for f in functions]
     cells = []
     for k, (f, s, d) in enumerate(jobs, 1):
@@ -249,6 +250,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help=f"every public function at one shape {QUICK_SHAPE}, float32, few rounds")
     parser.add_argument("--functions", nargs="+", choices=sorted(FUNCTIONS), help="functions to time")
+    parser.add_argument("--shapes", nargs="+", metavar="NxC", help="shapes to time, e.g. 4096x1000")
     parser.add_argument("--dtype", nargs="+", default=["float32"], choices=["float32", "float64"])
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds per cell")
     parser.add_argument("--no-peers", action="store_true", help="skip PyTorch and JAX")
@@ -266,6 +268,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     else:
         functions = args.functions or FULL_FUNCTIONS
         shapes, rounds = SHAPES, args.rounds or 9
+    if args.shapes:
+        try:
+            shapes = [tuple(int(v) for v in s.lower().split("x")) for s in args.shapes]
+        except ValueError:
+            parser.error(f"--shapes takes NxC values such as 4096x1000, got {args.shapes}")
     cells = run(functions, shapes, [np.dtype(d) for d in args.dtype], rounds, not args.no_peers)
     print(format_table(cells))
     if args.json:

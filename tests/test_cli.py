@@ -1,0 +1,35 @@
+"""The command line: `python -m fastxent bench` prints its table (and JSON);
+`python -m fastxent` without a command prints the usage."""
+
+import json
+
+import pytest
+
+from fastxent import __main__ as cli
+from fastxent import bench
+
+
+def test_bench_table_and_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert bench.main(["--functions", "cross_entropy", "logsumexp", "--shapes", "64x10",
+                       "--rounds", "1", "--no-peers", "--json", str(out)]) == 0
+    printed = capsys.readouterr()
+    assert "cross_entropy" in printed.out and "x vs numpy" in printed.out
+    assert "[  1/2]" in printed.err  # progress
+    cells = json.loads(out.read_text())["cells"]
+    assert {c["function"] for c in cells} == {"cross_entropy", "logsumexp"}
+    assert all(c["seconds"]["fastxent"] > 0 and c["seconds"]["numpy"] > 0 for c in cells)
+
+
+def test_every_public_function_is_benchmarked():
+    import fastxent
+
+    losses = {n for n in fastxent.__all__ if not n.startswith("linear") and n not in ("SoftmaxRegression", "reference")}
+    assert losses <= set(bench.FUNCTIONS)
+
+
+def test_usage(capsys):
+    assert cli.main([]) == 2
+    assert "bench" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        bench.main(["--shapes", "abc"])
