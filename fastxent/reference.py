@@ -11,12 +11,14 @@ same errors).
 
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple
+from typing import Any, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 from fastxent import _checks as checks
+
+Axis = Union[int, Sequence[int], None]
 
 __all__ = [
     "logsumexp", "softmax", "log_softmax",
@@ -53,7 +55,7 @@ def _lse(x: np.ndarray, axes: Tuple[int, ...], finite_shift: bool) -> np.ndarray
         return m + np.log(np.sum(np.exp(x - m), axis=axes, keepdims=True))
 
 
-def logsumexp(x: ArrayLike, axis=-1, keepdims: bool = False):
+def logsumexp(x: ArrayLike, axis: Axis = -1, keepdims: bool = False) -> Any:
     a, result = _work(x, "x")
     axes = _axes(a, axis)
     if a.size == 0 or 0 in [a.shape[d] for d in axes]:
@@ -65,7 +67,7 @@ def logsumexp(x: ArrayLike, axis=-1, keepdims: bool = False):
     return _result(out, result)
 
 
-def log_softmax(x: ArrayLike, axis=-1):
+def log_softmax(x: ArrayLike, axis: Axis = -1) -> np.ndarray:
     a, result = _work(x, "x")
     axes = _axes(a, axis)
     if a.size == 0:
@@ -76,7 +78,7 @@ def log_softmax(x: ArrayLike, axis=-1):
         return (shifted - np.log(np.sum(np.exp(shifted), axis=axes, keepdims=True))).astype(result, copy=False)
 
 
-def softmax(x: ArrayLike, axis=-1):
+def softmax(x: ArrayLike, axis: Axis = -1) -> np.ndarray:
     a, result = _work(x, "x")
     axes = _axes(a, axis)
     if a.size == 0:
@@ -107,7 +109,7 @@ def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smooth
     ignore_index = checks.check_ignore_index(ignore_index)
     n_classes = x.shape[-1]
     w = checks.class_weight(weight, n_classes)
-    w = np.ones(n_classes) if w is None else w
+    w = np.ones(n_classes, x.dtype) if w is None else w.astype(x.dtype)  # compute in x's dtype
     t = np.asarray(target)
     hard = checks.is_class_index_target(t, x.shape)
 
@@ -121,7 +123,7 @@ def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smooth
         safe_t = np.where(keep, t, 0)
         t_dist = np.zeros(x.shape, dtype=x.dtype)  # one-hot targets
         np.put_along_axis(t_dist, safe_t[..., None], 1, axis=-1)
-        w_y = np.where(keep, w[safe_t], 0.0)
+        w_y = np.where(keep, w[safe_t], x.dtype.type(0))
         # (1 - eps) w_y (-log p_y) + eps/C sum_c w_c (-log p_c), zero on ignored rows
         with np.errstate(invalid="ignore"):
             nll = -np.take_along_axis(logp, safe_t[..., None], axis=-1)[..., 0]
@@ -146,7 +148,7 @@ def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smooth
     if not want_grad:
         return loss
     scale = checks.grad_row_scale(grad_output, reduction, x.shape[:-1], denominator)
-    grad = (grad * scale.reshape(x.shape[:-1] + (1,))).astype(result, copy=False)
+    grad = (grad * scale.astype(x.dtype).reshape(x.shape[:-1] + (1,))).astype(result, copy=False)
     if out is not None:
         checks.output_array(out, x.shape, result)
         out[...] = grad
@@ -155,14 +157,15 @@ def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smooth
 
 
 def cross_entropy(logits: ArrayLike, target: ArrayLike, *, weight: Optional[ArrayLike] = None,
-                  ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0):
+                  ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0) -> Any:
     return _cross_entropy(logits, target, weight, ignore_index, reduction, label_smoothing, False)
 
 
 def cross_entropy_with_grad(logits: ArrayLike, target: ArrayLike, *,
                             weight: Optional[ArrayLike] = None, ignore_index: int = -100,
                             reduction: str = "mean", label_smoothing: float = 0.0,
-                            grad_output=None, out: Optional[np.ndarray] = None):
+                            grad_output: Optional[ArrayLike] = None,
+                            out: Optional[np.ndarray] = None) -> Tuple[Any, np.ndarray]:
     return _cross_entropy(logits, target, weight, ignore_index, reduction, label_smoothing, True,
                           grad_output, out)
 
@@ -175,9 +178,9 @@ def _binary(values, target, weight, pos_weight, reduction, from_logits, want_gra
     checks.same_shape(v.shape, t.shape, (name, "target"))
     reduction = checks.check_reduction(reduction)
     t = t.astype(v.dtype, copy=False)
-    w = 1.0 if weight is None else np.broadcast_to(np.asarray(weight, dtype=np.float64), v.shape)
+    w = 1.0 if weight is None else np.broadcast_to(_work(weight, "weight")[0].astype(v.dtype), v.shape)
     if from_logits:
-        pw = 1.0 if pos_weight is None else np.broadcast_to(np.asarray(pos_weight, np.float64), v.shape)
+        pw = 1.0 if pos_weight is None else np.broadcast_to(_work(pos_weight, "pos_weight")[0].astype(v.dtype), v.shape)
         log_weight = 1 + (pw - 1) * t
         with np.errstate(over="ignore", invalid="ignore"):
             losses = w * ((1 - t) * v + log_weight * (np.log1p(np.exp(-np.abs(v))) + np.maximum(-v, 0)))
@@ -195,27 +198,35 @@ def _binary(values, target, weight, pos_weight, reduction, from_logits, want_gra
     loss = _reduce(losses, reduction, v.size, result)
     if not want_grad:
         return loss
-    g = 1.0 if grad_output is None else np.asarray(grad_output, dtype=np.float64)
+    g = 1.0 if grad_output is None else np.asarray(grad_output).astype(v.dtype)
     if reduction == "mean":
         g = g / v.size if v.size else np.nan
     return loss, np.broadcast_to(grad * g, v.shape).astype(result)
 
 
-def binary_cross_entropy(probs, target, *, weight=None, reduction="mean"):
+def binary_cross_entropy(probs: ArrayLike, target: ArrayLike, *, weight: Optional[ArrayLike] = None,
+                         reduction: str = "mean") -> Any:
     return _binary(probs, target, weight, None, reduction, False, False, None)
 
 
-def binary_cross_entropy_with_grad(probs, target, *, weight=None, reduction="mean", grad_output=None):
+def binary_cross_entropy_with_grad(probs: ArrayLike, target: ArrayLike, *, weight: Optional[ArrayLike] = None,
+                                   reduction: str = "mean",
+                                   grad_output: Optional[ArrayLike] = None) -> Tuple[Any, np.ndarray]:
     return _binary(probs, target, weight, None, reduction, False, True, grad_output)
 
 
-def binary_cross_entropy_with_logits(logits, target, *, weight=None, pos_weight=None,
-                                     reduction="mean"):
+def binary_cross_entropy_with_logits(logits: ArrayLike, target: ArrayLike, *,
+                                     weight: Optional[ArrayLike] = None,
+                                     pos_weight: Optional[ArrayLike] = None, reduction: str = "mean") -> Any:
     return _binary(logits, target, weight, pos_weight, reduction, True, False, None)
 
 
-def binary_cross_entropy_with_logits_with_grad(logits, target, *, weight=None, pos_weight=None,
-                                               reduction="mean", grad_output=None):
+def binary_cross_entropy_with_logits_with_grad(logits: ArrayLike, target: ArrayLike, *,
+                                               weight: Optional[ArrayLike] = None,
+                                               pos_weight: Optional[ArrayLike] = None,
+                                               reduction: str = "mean",
+                                               grad_output: Optional[ArrayLike] = None
+                                               ) -> Tuple[Any, np.ndarray]:
     return _binary(logits, target, weight, pos_weight, reduction, True, True, grad_output)
 
 
@@ -228,7 +239,7 @@ def _pair(p, q):
     return a.astype(work, copy=False), b.astype(work, copy=False), np.promote_types(ra, rb)
 
 
-def entropy_with_grad(p, axis=-1):
+def entropy_with_grad(p: ArrayLike, axis: Axis = -1) -> Tuple[Any, np.ndarray]:
     a, result = _work(p, "p")
     axes = _axes(a, axis)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -238,7 +249,7 @@ def entropy_with_grad(p, axis=-1):
     return _result(np.sum(terms, axis=axes), result), grad.astype(result)
 
 
-def entropy(p, axis=-1):
+def entropy(p: ArrayLike, axis: Axis = -1) -> Any:
     return entropy_with_grad(p, axis)[0]
 
 
@@ -256,19 +267,19 @@ def _divergence(p, q, axis, kl):
     return _result(np.sum(terms, axis=axes), result), grad.astype(result)
 
 
-def kl_divergence(p, q, axis=-1):
+def kl_divergence(p: ArrayLike, q: ArrayLike, axis: Axis = -1) -> Any:
     return _divergence(p, q, axis, True)[0]
 
 
-def kl_divergence_with_grad(p, q, axis=-1):
+def kl_divergence_with_grad(p: ArrayLike, q: ArrayLike, axis: Axis = -1) -> Tuple[Any, np.ndarray]:
     return _divergence(p, q, axis, True)
 
 
-def cross_entropy_probs(p, q, axis=-1):
+def cross_entropy_probs(p: ArrayLike, q: ArrayLike, axis: Axis = -1) -> Any:
     return _divergence(p, q, axis, False)[0]
 
 
-def cross_entropy_probs_with_grad(p, q, axis=-1):
+def cross_entropy_probs_with_grad(p: ArrayLike, q: ArrayLike, axis: Axis = -1) -> Tuple[Any, np.ndarray]:
     return _divergence(p, q, axis, False)
 
 
