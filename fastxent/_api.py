@@ -356,12 +356,8 @@ def _divergence(p, q, axis, kind, want_grad):
     p2 = checks.as_rows(a, layout)
     values = np.empty(layout.n_rows, dtype=np.float64)
     grad2 = np.empty(p2.shape, dtype=p2.dtype) if want_grad else None
-    tasks = rows_per_task(layout.n_classes)
-    if kind == "entropy":
-        divergence_kernels.entropy_rows(p2, values, grad2, tasks)
-    else:
-        divergence_kernels.divergence_rows(p2, checks.as_rows(b, layout), kind == "kl", values,
-                                           grad2, tasks)
+    q2 = p2 if kind == "entropy" else checks.as_rows(b, layout)
+    divergence_kernels.divergence_rows(kind, p2, q2, values, grad2, rows_per_task(layout.n_classes))
     value = _scalar_or_array(layout.restore_rows(values), result_dtype)
     if not want_grad:
         return value

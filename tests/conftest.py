@@ -31,3 +31,19 @@ def assert_close(got, expected, rtol, atol=0.0):
 
 def torch_or_skip():
     return pytest.importorskip("torch")
+
+
+def numeric_grad(f, x, h=1e-6):
+    """Central finite differences of the scalar function f at x (float64)."""
+    x = np.array(x, dtype=np.float64)
+    grad = np.empty_like(x)
+    flat, gflat = x.reshape(-1), grad.reshape(-1)
+    for k in range(flat.size):
+        orig = flat[k]
+        flat[k] = orig + h
+        up = float(np.sum(f(x)))
+        flat[k] = orig - h
+        down = float(np.sum(f(x)))
+        flat[k] = orig
+        gflat[k] = (up - down) / (2 * h)
+    return grad

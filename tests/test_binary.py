@@ -8,7 +8,7 @@ import pytest
 
 import fastxent as fx
 from fastxent import reference
-from tests.conftest import assert_close
+from tests.conftest import assert_close, numeric_grad
 
 REDUCTIONS = ["mean", "sum", "none"]
 
@@ -67,13 +67,7 @@ def test_finite_differences(rng, from_logits):
     grad_fn = (fx.binary_cross_entropy_with_logits_with_grad if from_logits
                else fx.binary_cross_entropy_with_grad)
     _, grad = grad_fn(values, target, reduction="sum")
-    h = 1e-6
-    numeric = np.empty_like(values)
-    for k in range(values.size):
-        up, down = values.copy(), values.copy()
-        up.reshape(-1)[k] += h
-        down.reshape(-1)[k] -= h
-        numeric.reshape(-1)[k] = (loss_fn(up, target, reduction="sum") - loss_fn(down, target, reduction="sum")) / (2 * h)
+    numeric = numeric_grad(lambda v: loss_fn(v, target, reduction="sum"), values)
     assert_close(grad, numeric, rtol=1e-6, atol=1e-8)
 
 

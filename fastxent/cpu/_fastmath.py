@@ -32,48 +32,24 @@ FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 _EXP_FASTMATH = {"nsz", "contract", "afn"}
 
 
-@intrinsic
-def _bits_to_float32(typingctx, bits):
-    """Reinterpret an int32 as a float32 (one LLVM bitcast, vectorisable)."""
-    sig = types.float32(types.int32)
+def _bitcast(source, target, llvm_type):
+    """An intrinsic reinterpreting a ``source`` scalar's bits as ``target``
+    (one LLVM bitcast: free, and vectorisable)."""
 
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.FloatType())
+    @intrinsic
+    def bitcast(typingctx, value):
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], llvm_type)
 
-    return sig, codegen
+        return target(source), codegen
 
-
-@intrinsic
-def _float32_to_bits(typingctx, value):
-    """Reinterpret a float32 as an int32."""
-    sig = types.int32(types.float32)
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.IntType(32))
-
-    return sig, codegen
+    return bitcast
 
 
-@intrinsic
-def _float64_to_bits(typingctx, value):
-    """Reinterpret a float64 as an int64."""
-    sig = types.int64(types.float64)
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.IntType(64))
-
-    return sig, codegen
-
-
-@intrinsic
-def _bits_to_float64(typingctx, bits):
-    """Reinterpret an int64 as a float64 (one LLVM bitcast, vectorisable)."""
-    sig = types.float64(types.int64)
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.DoubleType())
-
-    return sig, codegen
+_bits_to_float32 = _bitcast(types.int32, types.float32, ir.FloatType())
+_float32_to_bits = _bitcast(types.float32, types.int32, ir.IntType(32))
+_bits_to_float64 = _bitcast(types.int64, types.float64, ir.DoubleType())
+_float64_to_bits = _bitcast(types.float64, types.int64, ir.IntType(64))
 
 
 @intrinsic

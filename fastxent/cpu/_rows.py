@@ -176,16 +176,17 @@ def task_scratch(x, rows):
 
 
 @helper
-def task_normalisers(x, start, stop, finite_shift):
-    """(shifts, sums, log_sums) for rows start..stop when the exponentials
-    themselves are not needed: nothing of the rows' size is stored for long rows."""
-    if x.shape[1] >= LONG_ROW:
-        _, shifts, sums, log_sums = task_scratch(x, 0)
+def block_exps(x, start, stop, keep_exps, finite_shift):
+    """(e, shifts, sums, log_sums) of :func:`exp_rows` for rows start..stop,
+    in fresh per-task buffers.  Unless ``keep_exps``, long rows are summed
+    without storing their exponentials (e then has no rows)."""
+    if x.shape[1] >= LONG_ROW and not keep_exps:
+        e, shifts, sums, log_sums = task_scratch(x, 0)
         shifts = np.empty(stop - start, dtype=x.dtype)
         sums = np.empty(stop - start)
         log_sums = np.empty(stop - start)
         sum_exp_rows(x, start, stop, shifts, sums, log_sums, finite_shift)
-        return shifts, sums, log_sums
+        return e, shifts, sums, log_sums
     e, shifts, sums, log_sums = task_scratch(x, stop - start)
     exp_rows(x, start, stop, e, shifts, sums, log_sums, finite_shift)
-    return shifts, sums, log_sums
+    return e, shifts, sums, log_sums

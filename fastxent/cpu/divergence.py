@@ -10,7 +10,7 @@ Gradients: dH/dp = -(log p + 1); dKL/dq = dH(p,q)/dq = -p/q (0 where p = 0).
 import numpy as np
 from numba import prange
 
-from fastxent._jit import helper, kernel
+from fastxent._jit import helper, specialise
 from fastxent.cpu._fastmath import fast_log
 from fastxent.cpu._rows import task_rows
 
@@ -38,42 +38,49 @@ def neg_xlogy(p, q):
     return 0.0 if (p == 0.0 and q == q) else t
 
 
-@kernel
-def _entropy_rows(p, out, grad, rows_per_task):
-    n_rows, n_classes = p.shape
-    for task in prange((n_rows + rows_per_task - 1) // rows_per_task):
-        start, stop = task_rows(task, rows_per_task, n_rows)
-        for i in range(start, stop):
-            h = 0.0
-            for j in range(n_classes):
-                v = np.float64(p[i, j])
-                h += entr(v)
-                if grad is not None:
-                    grad[i, j] = -(fast_log(v) + 1.0)
-            out[i] = h
+@helper
+def entropy_element(p, q):
+    """(-p log p, d/dp) -- q is p itself (one loop template serves all three)."""
+    return entr(p), -(fast_log(p) + 1.0)
 
 
-@kernel
-def _divergence_rows(p, q, kl, out, grad, rows_per_task):
-    n_rows, n_classes = p.shape
-    for task in prange((n_rows + rows_per_task - 1) // rows_per_task):
-        start, stop = task_rows(task, rows_per_task, n_rows)
-        for i in range(start, stop):
-            total = 0.0
-            for j in range(n_classes):
-                pv = np.float64(p[i, j])
-                qv = np.float64(q[i, j])
-                total += rel_entr(pv, qv) if kl else neg_xlogy(pv, qv)
-                if grad is not None:
-                    grad[i, j] = 0.0 if pv == 0.0 else -pv / qv
-            out[i] = total
+@helper
+def kl_element(p, q):
+    """(p log(p/q), d/dq)."""
+    return rel_entr(p, q), 0.0 if p == 0.0 else -p / q
 
 
-def entropy_rows(p, out, grad, rows_per_task: int) -> None:
-    """out[i] = H(p[i]) (float64); grad = dH/dp unless None."""
-    _entropy_rows(p.size, p, out, grad, rows_per_task)
+@helper
+def xent_element(p, q):
+    """(-p log q, d/dq)."""
+    return neg_xlogy(p, q), 0.0 if p == 0.0 else -p / q
 
 
-def divergence_rows(p, q, kl: bool, out, grad, rows_per_task: int) -> None:
-    """out[i] = KL(p[i] || q[i]) if kl else H(p[i], q[i]); grad = d/dq unless None."""
-    _divergence_rows(p.size, p, q, kl, out, grad, rows_per_task)
+def _rows_template(element):
+    def divergence_rows(p, q, out, grad, rows_per_task):
+        n_rows, n_classes = p.shape
+        for task in prange((n_rows + rows_per_task - 1) // rows_per_task):
+            start, stop = task_rows(task, rows_per_task, n_rows)
+            for i in range(start, stop):
+                total = 0.0
+                for j in range(n_classes):
+                    term, d = element(np.float64(p[i, j]), np.float64(q[i, j]))
+                    total += term
+                    if grad is not None:
+                        grad[i, j] = d
+                out[i] = total
+
+    return divergence_rows
+
+
+_KERNELS = {
+    "entropy": specialise(_rows_template, "entropy_rows", element=entropy_element),
+    "kl": specialise(_rows_template, "kl_rows", element=kl_element),
+    "xent": specialise(_rows_template, "xent_probs_rows", element=xent_element),
+}
+
+
+def divergence_rows(kind: str, p, q, out, grad, rows_per_task: int) -> None:
+    """out[i] = H(p[i]) ("entropy", q is p), KL(p[i] || q[i]) ("kl") or
+    H(p[i], q[i]) ("xent"), as float64; grad = d/dp (entropy) or d/dq unless None."""
+    _KERNELS[kind](p.size, p, q, out, grad, rows_per_task)

@@ -8,7 +8,7 @@ from numba import prange
 
 from fastxent._jit import kernel
 from fastxent.cpu._fastmath import diff_minus
-from fastxent.cpu._rows import exp_rows, task_normalisers, task_rows
+from fastxent.cpu._rows import block_exps, exp_rows, task_rows
 
 
 @kernel
@@ -16,7 +16,7 @@ def _logsumexp_rows(x, out, rows_per_task):
     n_rows = x.shape[0]
     for task in prange((n_rows + rows_per_task - 1) // rows_per_task):
         start, stop = task_rows(task, rows_per_task, n_rows)
-        shifts, _, log_sums = task_normalisers(x, start, stop, True)
+        _, shifts, _, log_sums = block_exps(x, start, stop, False, True)
         for r in range(stop - start):
             out[start + r] = np.float64(shifts[r]) + log_sums[r]
 
@@ -27,7 +27,7 @@ def _softmax_rows(x, out, log, rows_per_task):
     for task in prange((n_rows + rows_per_task - 1) // rows_per_task):
         start, stop = task_rows(task, rows_per_task, n_rows)
         if log:
-            shifts, sums, log_sums = task_normalisers(x, start, stop, False)
+            _, shifts, sums, log_sums = block_exps(x, start, stop, False, False)
         else:
             # softmax: the exponentials go straight into the output block
             shifts = np.empty(stop - start, dtype=x.dtype)

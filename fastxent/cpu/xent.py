@@ -27,7 +27,7 @@ from numba import prange
 
 from fastxent._jit import helper, kernel
 from fastxent.cpu._fastmath import diff_minus, scaled_diff
-from fastxent.cpu._rows import exp_rows, task_normalisers, task_rows, task_scratch
+from fastxent.cpu._rows import block_exps, task_rows
 
 
 @helper
@@ -67,11 +67,7 @@ def _xent_hard_rows(logits, labels, weight, weight_total, ignore_index, smoothin
     eps_c = smoothing / n_classes if n_classes > 0 else 0.0
     for task in prange((n_rows + rows_per_task - 1) // rows_per_task):
         start, stop = task_rows(task, rows_per_task, n_rows)
-        if grad is None:
-            shifts, sums, log_sums = task_normalisers(logits, start, stop, False)
-        else:
-            e, shifts, sums, log_sums = task_scratch(logits, stop - start)
-            exp_rows(logits, start, stop, e, shifts, sums, log_sums, False)
+        e, shifts, sums, log_sums = block_exps(logits, start, stop, grad is not None, False)
         for r in range(stop - start):
             i = start + r
             y = labels[i]
@@ -104,11 +100,7 @@ def _xent_soft_rows(logits, target, weight, smoothing, row_scale, loss_out, grad
     eps_c = smoothing / n_classes if n_classes > 0 else 0.0
     for task in prange((n_rows + rows_per_task - 1) // rows_per_task):
         start, stop = task_rows(task, rows_per_task, n_rows)
-        if grad is None:
-            shifts, sums, log_sums = task_normalisers(logits, start, stop, False)
-        else:
-            e, shifts, sums, log_sums = task_scratch(logits, stop - start)
-            exp_rows(logits, start, stop, e, shifts, sums, log_sums, False)
+        e, shifts, sums, log_sums = block_exps(logits, start, stop, grad is not None, False)
         for r in range(stop - start):
             i = start + r
             x = logits[i]
