@@ -100,6 +100,28 @@ def _reduce(losses: np.ndarray, reduction: str, denominator: float, dtype: np.dt
         return dtype.type(np.float64(total) / np.float64(denominator))
 
 
+def _hard_label_terms(logp, t, keep, w, eps, smooth_c):
+    """Per-row losses, the mean's denominator and the unscaled gradient for
+    class-index targets (``keep`` marks the rows that are not ignored)."""
+    safe_t = np.where(keep, t, 0)
+    t_dist = np.zeros(logp.shape, dtype=logp.dtype)  # one-hot targets
+    np.put_along_axis(t_dist, safe_t[..., None], 1, axis=-1)
+    w_y = np.where(keep, w[safe_t], logp.dtype.type(0))
+    # (1 - eps) w_y (-log p_y) + eps/C sum_c w_c (-log p_c), zero on ignored rows
+    with np.errstate(invalid="ignore"):
+        nll = -np.take_along_axis(logp, safe_t[..., None], axis=-1)[..., 0]
+        smooth = -np.sum(w * logp, axis=-1) if eps else 0.0
+        losses = np.where(keep, (1 - eps) * w_y * nll + smooth_c * smooth, 0.0)
+    denominator = np.sum(w_y)
+    # d/dx = A p - (eps/C) w - (1 - eps) w_y onehot,  A = (1 - eps) w_y + (eps/C) sum w
+    a = (1 - eps) * w_y + smooth_c * np.sum(w)
+    with np.errstate(invalid="ignore"):
+        grad = (a[..., None] * np.exp(logp) - smooth_c * w
+                - ((1 - eps) * w_y)[..., None] * t_dist)
+    grad = np.where(keep[..., None], grad, 0.0)
+    return losses, denominator, grad
+
+
 def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smoothing,
                    want_grad, grad_output=None, out=None):
     x, result = _work(logits, "logits")
@@ -108,6 +130,7 @@ def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smooth
     eps = checks.check_label_smoothing(label_smoothing)
     ignore_index = checks.check_ignore_index(ignore_index)
     n_classes = x.shape[-1]
+    smooth_c = eps / max(n_classes, 1)  # eps/C (no classes: no smoothing terms)
     w = checks.class_weight(weight, n_classes)
     w = np.ones(n_classes, x.dtype) if w is None else w.astype(x.dtype)  # compute in x's dtype
     t = np.asarray(target)
@@ -120,24 +143,12 @@ def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smooth
         if bad.any():
             row = int(np.flatnonzero(bad.reshape(-1))[0])
             raise checks.bad_label_error(int(t.reshape(-1)[row]), row, t.shape, n_classes, ignore_index)
-        safe_t = np.where(keep, t, 0)
-        t_dist = np.zeros(x.shape, dtype=x.dtype)  # one-hot targets
-        np.put_along_axis(t_dist, safe_t[..., None], 1, axis=-1)
-        w_y = np.where(keep, w[safe_t], x.dtype.type(0))
-        # (1 - eps) w_y (-log p_y) + eps/C sum_c w_c (-log p_c), zero on ignored rows
-        with np.errstate(invalid="ignore"):
-            nll = -np.take_along_axis(logp, safe_t[..., None], axis=-1)[..., 0]
-            smooth = -np.sum(w * logp, axis=-1) if eps else 0.0
-            losses = np.where(keep, (1 - eps) * w_y * nll + eps / n_classes * smooth, 0.0)
-        denominator = np.sum(w_y)
-        # d/dx = A p - (eps/C) w - (1 - eps) w_y onehot,  A = (1 - eps) w_y + (eps/C) sum w
-        a = (1 - eps) * w_y + eps / n_classes * np.sum(w)
-        with np.errstate(invalid="ignore"):
-            grad = (a[..., None] * np.exp(logp) - eps / n_classes * w
-                    - ((1 - eps) * w_y)[..., None] * t_dist)
-        grad = np.where(keep[..., None], grad, 0.0)
+        if n_classes == 0:  # then every row is ignored (any other label raised above)
+            losses, denominator, grad = np.zeros(t.shape, x.dtype), 0.0, np.zeros(x.shape, x.dtype)
+        else:
+            losses, denominator, grad = _hard_label_terms(logp, t, keep, w, eps, smooth_c)
     else:
-        tp = (1 - eps) * t.astype(x.dtype) + eps / n_classes
+        tp = (1 - eps) * t.astype(x.dtype) + smooth_c
         wt = w * tp
         with np.errstate(invalid="ignore"):
             # 0 * log p = 0 where a masked class (-inf) has no target mass
