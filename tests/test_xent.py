@@ -165,3 +165,147 @@ def test_batch_axes_and_single_sample(rng):
     single = fx.cross_entropy(logits[0, 0, 0], np.int64(2))
     assert np.ndim(single) == 0
     assert_close(single, reference.cross_entropy(logits[0, 0, 0][None], np.array([2])), rtol=1e-12)
+
+
+# --------------------------------------------------------------- PyTorch, more
+def _torch_ce(torch, logits, target, grad_output=None, **kw):
+    """PyTorch's loss and autograd gradient with the class axis moved to where
+    PyTorch wants it (axis 1 for N-d input)."""
+    x = torch.tensor(logits, requires_grad=True)
+    moved = x.movedim(-1, 1) if x.ndim > 2 else x
+    if "weight" in kw and kw["weight"] is not None:
+        kw["weight"] = torch.tensor(kw["weight"])
+    t = torch.tensor(target)
+    if t.is_floating_point() and t.ndim > 2:
+        t = t.movedim(-1, 1)
+    loss = torch.nn.functional.cross_entropy(moved, t, **kw)
+    upstream = 1.0 if grad_output is None else grad_output
+    loss.backward(torch.as_tensor(upstream, dtype=loss.dtype).expand_as(loss))
+    return loss.detach().numpy(), x.grad.numpy()
+
+
+@pytest.mark.parametrize("ignore_index", [3, 0, -1, 10**6])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_custom_ignore_index_against_torch(rng, ignore_index, reduction):
+    torch = pytest.importorskip("torch")
+    logits = rng.standard_normal((17, 6)) * 2
+    target = rng.integers(0, 6, 17)
+    target[::3] = ignore_index  # ignore_index 3 and 0 are also valid classes elsewhere
+    weight = rng.random(6) + 0.1
+    upstream = rng.random(17) if reduction == "none" else 0.6
+    kw = dict(weight=weight, ignore_index=ignore_index, reduction=reduction, label_smoothing=0.2)
+    t_loss, t_grad = _torch_ce(torch, logits, target, upstream, **kw)
+    loss, grad = fx.cross_entropy_with_grad(logits, target, grad_output=upstream, **kw)
+    assert_close(loss, t_loss, rtol=1e-12, atol=1e-14)
+    assert_close(grad, t_grad, rtol=1e-11, atol=1e-15)
+    assert (grad[::3] == 0).all()  # ignored rows: zero gradient
+
+
+@pytest.mark.parametrize("soft", [False, True])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_batch_axes_against_torch(rng, soft, reduction):
+    """(2, 3, 4, C) logits: PyTorch takes them as (N, C, d1, d2) with the class
+    axis second; fastxent keeps it last."""
+    torch = pytest.importorskip("torch")
+    logits, target = _problem(rng, batch=(2, 3, 4), n_classes=5, soft=soft)
+    weight = rng.random(5) + 0.2
+    upstream = rng.random((2, 3, 4)) if reduction == "none" else 1.1
+    kw = dict(weight=weight, reduction=reduction, label_smoothing=0.1)
+    t_loss, t_grad = _torch_ce(torch, logits, target, upstream, **kw)  # "none": (2, 3, 4) both
+    loss, grad = fx.cross_entropy_with_grad(logits, target, grad_output=upstream, **kw)
+    assert_close(loss, t_loss, rtol=1e-12, atol=1e-14)
+    assert_close(grad, t_grad, rtol=1e-11, atol=1e-15)
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_single_sample_against_torch(rng, soft):
+    torch = pytest.importorskip("torch")
+    logits = rng.standard_normal(7)
+    if soft:
+        target = rng.random(7)
+        target /= target.sum()
+    else:
+        target = np.int64(4)
+    t_loss, t_grad = _torch_ce(torch, logits, np.asarray(target), 0.5, label_smoothing=0.3)
+    loss, grad = fx.cross_entropy_with_grad(logits, target, grad_output=0.5, label_smoothing=0.3)
+    assert np.ndim(loss) == 0 and grad.shape == (7,)
+    assert_close(loss, t_loss, rtol=1e-12)
+    assert_close(grad, t_grad, rtol=1e-11, atol=1e-15)
+
+
+@pytest.mark.parametrize("soft", [False, True])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_out_and_in_place_against_torch(rng, soft, reduction):
+    torch = pytest.importorskip("torch")
+    logits, target = _problem(rng, batch=(40,), n_classes=33, soft=soft)
+    weight = rng.random(33) + 0.1
+    upstream = rng.random(40) if reduction == "none" else 2.5
+    kw = dict(weight=weight, reduction=reduction, label_smoothing=0.05)
+    t_loss, t_grad = _torch_ce(torch, logits, target, upstream, **kw)
+    out = np.full_like(logits, np.nan)
+    loss, grad = fx.cross_entropy_with_grad(logits, target, grad_output=upstream, out=out, **kw)
+    assert grad is out
+    assert_close(loss, t_loss, rtol=1e-12, atol=1e-14)
+    assert_close(out, t_grad, rtol=1e-11, atol=1e-15)
+    buf = logits.copy()
+    loss, grad = fx.cross_entropy_with_grad(buf, target, grad_output=upstream, out=buf, **kw)
+    assert grad is buf
+    assert_close(loss, t_loss, rtol=1e-12, atol=1e-14)
+    assert_close(buf, t_grad, rtol=1e-11, atol=1e-15)
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_float32_against_torch_float32(rng, soft):
+    """fastxent in float32 is at least as close to the float64 truth as
+    PyTorch in float32 is (within a small factor), and within 1e-5."""
+    torch = pytest.importorskip("torch")
+    logits, target = _problem(rng, batch=(64,), n_classes=1000, soft=soft, ignore=False)
+    kw = dict(label_smoothing=0.1, reduction="none")
+    truth_loss, truth_grad = _torch_ce(torch, logits, target, **kw)
+    t32_loss, t32_grad = _torch_ce(torch, logits.astype(np.float32),
+                                   target.astype(np.float32) if soft else target, **kw)
+    loss, grad = fx.cross_entropy_with_grad(logits.astype(np.float32),
+                                            target.astype(np.float32) if soft else target, **kw)
+    assert loss.dtype == np.float32 and grad.dtype == np.float32
+    err = np.max(np.abs(loss - truth_loss) / np.abs(truth_loss))
+    t_err = np.max(np.abs(t32_loss - truth_loss) / np.abs(truth_loss))
+    assert err < max(4 * t_err, 1e-6) and err < 1e-5
+    scale = np.abs(truth_grad).max()
+    assert np.max(np.abs(grad - truth_grad)) < max(4 * np.max(np.abs(t32_grad - truth_grad)), 1e-7 * scale)
+
+
+# ----------------------------------------------------- finite differences, more
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("soft", [False, True])
+def test_finite_differences_every_reduction_with_grad_output(rng, reduction, soft):
+    """d(sum(grad_output * loss))/dlogits for every reduction, with ignored
+    rows, class weights, smoothing and a (2, 3) batch."""
+    logits, target = _problem(rng, batch=(2, 3), n_classes=4, soft=soft)
+    weight = rng.random(4) + 0.5
+    upstream = rng.random((2, 3)) + 0.5 if reduction == "none" else 1.7
+    kw = dict(weight=weight, label_smoothing=0.15, reduction=reduction)
+    _, grad = fx.cross_entropy_with_grad(logits, target, grad_output=upstream, **kw)
+    numeric = numeric_grad(lambda z: upstream * fx.cross_entropy(z, target, **kw), logits)
+    assert_close(grad, numeric, rtol=1e-6, atol=1e-8)
+    if not soft:
+        assert (grad[target == -100] == 0).all()
+
+
+# ----------------------------------------------------------- reference, more
+@pytest.mark.parametrize("ignore_index", [-100, 2])
+@pytest.mark.parametrize("n_classes", [1, 3, 64, 5000])
+def test_matches_reference_across_class_counts(rng, n_classes, ignore_index):
+    """Short rows (blocked kernels) and long rows (one row per task)."""
+    batch = (max(2, 20000 // n_classes),)
+    logits = rng.standard_normal(batch + (n_classes,)) * 3
+    target = rng.integers(0, n_classes, batch)
+    target[::7] = ignore_index
+    weight = rng.random(n_classes) + 0.1
+    for kw in (dict(ignore_index=ignore_index),
+               dict(weight=weight, label_smoothing=0.3, ignore_index=ignore_index)):
+        for reduction in REDUCTIONS:
+            got = fx.cross_entropy_with_grad(logits, target, reduction=reduction, **kw)
+            ref = reference.cross_entropy_with_grad(logits, target, reduction=reduction, **kw)
+            # the mean/sum add up to 10^4 row losses in a different order: 1e-11
+            assert_close(got[0], ref[0], rtol=1e-11, atol=1e-14)
+            assert_close(got[1], ref[1], rtol=1e-11, atol=1e-15)
