@@ -18,9 +18,12 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
+from numba import prange
 
 import fastxent as fx
 from fastxent import reference
+from fastxent._jit import kernel
+from fastxent.cpu._fastmath import fast_exp
 
 SHAPES = [(65536, 10), (4096, 1000), (1024, 32000), (256, 128000)]
 QUICK_SHAPE = (4096, 1000)
@@ -127,6 +130,19 @@ def _jax_impls(name: str, args: tuple) -> Dict[str, Callable[[], object]]:
     return {"jax": lambda: jax.block_until_ready(jitted(*a))}
 
 
+# ----------------------------------------------------------------- floors
+@kernel
+def _exp_pass(x, out):
+    """out = exp(x), flat, all threads: the cost of the exponentials alone
+    (what a kernel that must exponentiate every element cannot beat)."""
+    flat_x = x.reshape(x.size)
+    flat_out = out.reshape(out.size)
+    block = 1 << 14
+    for task in prange((flat_x.shape[0] + block - 1) // block):
+        for k in range(task * block, min(task * block + block, flat_x.shape[0])):
+            flat_out[k] = fast_exp(flat_x[k])
+
+
 # ----------------------------------------------------------------- timing
 @dataclass
 class Cell:
@@ -162,6 +178,8 @@ def measure(name: str, shape: tuple, dtype, rounds: int, peers: bool, seed: int 
         impls.update(_jax_impls(name, args))
     copy_dst = np.empty_like(args[0])
     impls["copy floor"] = lambda: np.copyto(copy_dst, args[0])
+    if args[0].dtype in (np.float32, np.float64):
+        impls["exp floor"] = lambda: _exp_pass(args[0].size, args[0], copy_dst)
     for fn in impls.values():  # warm-up: JIT compilation, caches, allocator
         fn()
     # A round is at least ~20 ms of work per implementation, whatever the shape.
@@ -185,7 +203,7 @@ def _fmt_time(s: float) -> str:
 def format_table(cells: List[Cell]) -> str:
     peers = [p for p in ("numpy", "torch", "jax") if any(p in c.seconds for c in cells)]
     head = f"{'function':<44}{'shape':>14} {'dtype':>8} {'fastxent':>12}" + "".join(
-        f"{'x vs ' + p:>12}" for p in peers) + f"{'x copy':>9}"
+        f"{'x vs ' + p:>12}" for p in peers) + f"{'x copy':>9}{'x exp':>8}"
     lines = [head, "-" * len(head)]
     for c in cells:
         row = f"{c.function:<44}{'%dx%d' % c.shape:>14} {c.dtype:>8} {_fmt_time(c.seconds['fastxent']):>12}"
@@ -193,10 +211,12 @@ def format_table(cells: List[Cell]) -> str:
             r = c.ratio(p)
             row += f"{'%.2fx' % r if r else '-':>12}"
         row += f"{c.seconds['fastxent'] / c.seconds['copy floor']:>8.2f}x"
+        row += f"{c.seconds['fastxent'] / c.seconds['exp floor']:>7.2f}x" if "exp floor" in c.seconds else "       -"
         lines.append(row)
     lines.append("")
     lines.append("'x vs peer' = peer time / fastxent time (higher is better for fastxent); "
-                 "'x copy' = fastxent time / np.copyto of the input (1.0 = memory floor).")
+                 "'x copy' = fastxent time / np.copyto of the input (one read + one write: the memory floor);\n"
+                 "'x exp' = fastxent time / one vectorised exp over the input into a buffer (the exp-throughput floor).")
     return "\n".join(lines)
 
 
