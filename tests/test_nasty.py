@@ -103,7 +103,7 @@ def test_256k_classes(rng):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not __import__("os").environ.get("FASTXENT_TEST_HUGE"),
-                    reason="needs ~17 GB of memory and minutes: set FASTXENT_TEST_HUGE=1")
+                    reason="needs ~9 GB of memory and minutes: set FASTXENT_TEST_HUGE=1")
 def test_more_than_2_to_31_elements():
     """64-bit indexing: a (2^16 + 1) x 2^15 float32 problem, 2^31 + 2^15 elements.
     Not run by default (memory); run with FASTXENT_TEST_HUGE=1."""
@@ -117,3 +117,212 @@ def test_more_than_2_to_31_elements():
     assert abs(loss[0] - np.log(classes)) < 1e-5
     lse = fx.logsumexp(x)
     assert abs(lse[-1] - np.log(np.exp(10.0) + classes - 1)) < 1e-5
+
+
+# ----------------------------------------------------------------- more
+def _ref64(name, *args, **kwargs):
+    """The reference on float64 copies of the float inputs."""
+    with np.errstate(all="ignore"):
+        out = getattr(reference, name)(*[a.astype(np.float64) if a.dtype.kind == "f" else a for a in args], **kwargs)
+    return out if isinstance(out, tuple) else (out,)
+
+
+SPECIALS = [np.nan, np.inf, -np.inf, 1e30, -1e30]
+SPECIAL_IDS = ["nan", "inf", "-inf", "1e30", "-1e30"]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("value", SPECIALS, ids=SPECIAL_IDS)
+@pytest.mark.parametrize("n_classes", [1, 3, 8, 17, 100, 4099])
+def test_special_value_at_every_position(rng, dtype, value, n_classes):
+    """One special value per row, at a different position in each row (so it
+    lands in vector bodies, remainders and blocks of short rows): every
+    function agrees with the float64 reference, NaN rows are NaN."""
+    rows = min(n_classes, 40) if n_classes > 1 else 4
+    x = (rng.standard_normal((rows, n_classes)) * 3).astype(dtype)
+    cols = (np.arange(rows) * 7919) % n_classes
+    x[np.arange(rows), cols] = value
+    y = rng.integers(0, n_classes, rows)
+    p = rng.random((rows, n_classes)).astype(dtype)
+    p /= p.sum(-1, keepdims=True)
+    q = np.abs(x)
+    tol = dict(rtol=2e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-14)
+    calls = [
+        ("logsumexp", (x,), {}), ("softmax", (x,), {}), ("log_softmax", (x,), {}),
+        ("cross_entropy_with_grad", (x, y), dict(reduction="none")),
+        ("cross_entropy_with_grad", (x, y), dict(reduction="none", label_smoothing=0.1,
+                                                 weight=np.linspace(0.5, 1.0, n_classes))),
+        ("cross_entropy_with_grad", (x, p), dict(reduction="none")),
+        ("binary_cross_entropy_with_logits_with_grad", (x, p), dict(reduction="none")),
+        ("entropy_with_grad", (q,), {}),
+        ("kl_divergence_with_grad", (p, q), {}), ("kl_divergence_with_grad", (q, p), {}),
+        ("cross_entropy_probs_with_grad", (p, q), {}), ("cross_entropy_probs_with_grad", (q, p), {}),
+    ]
+    for name, args, kwargs in calls:
+        with np.errstate(all="ignore"):
+            got = getattr(fx, name)(*args, **kwargs)
+        got = got if isinstance(got, tuple) else (got,)
+        for g, e in zip(got, _ref64(name, *args, **kwargs)):
+            assert np.asarray(g).dtype == dtype
+            # a relative tolerance on the float32 rounding of the float64 answer
+            assert_close(g, np.asarray(e).astype(dtype), **tol)
+    if np.isnan(value):
+        loss, grad = fx.cross_entropy_with_grad(x, y, reduction="none")
+        assert np.isnan(loss).all() and np.isnan(grad).all(axis=-1).all()
+        assert np.isnan(fx.cross_entropy(x, y)) and np.isnan(fx.logsumexp(x)).all()
+        assert np.isnan(fx.softmax(x)).all()
+    if abs(value) == 1e30:  # finite in, finite out (no overflow to inf or NaN)
+        assert np.isfinite(fx.logsumexp(x)).all() and np.isfinite(fx.softmax(x)).all()
+        assert np.isfinite(fx.log_softmax(x)).all()
+        assert all(np.isfinite(v).all() for v in fx.cross_entropy_with_grad(x, y, reduction="none"))
+        assert all(np.isfinite(v).all() for v in fx.binary_cross_entropy_with_logits_with_grad(x, p))
+
+
+def test_nan_in_a_row_affects_only_that_row(rng):
+    x = rng.standard_normal((50, 300))
+    x[17, 123] = np.nan
+    y = rng.integers(0, 300, 50)
+    loss, grad = fx.cross_entropy_with_grad(x, y, reduction="none")
+    assert np.isnan(loss[17]) and np.isnan(grad[17]).all()
+    mask = np.arange(50) != 17
+    assert np.isfinite(loss[mask]).all() and np.isfinite(grad[mask]).all()
+    assert np.isnan(fx.cross_entropy(x, y)) and np.isnan(fx.cross_entropy(x, y, reduction="sum"))
+    # NaN in a soft target or a class weight is NaN too
+    t = np.full((50, 300), 1 / 300)
+    t[3, 3] = np.nan
+    assert np.isnan(fx.cross_entropy(x, t, reduction="none")[3])
+    w = np.ones(300)
+    w[y[5]] = np.nan
+    assert np.isnan(fx.cross_entropy(x, y, weight=w))
+
+
+def test_bce_logits_special_values_match_torch():
+    torch = pytest.importorskip("torch")
+    x = np.array([np.nan, np.inf, -np.inf, np.inf, -np.inf, 1e30, -1e30, 1e30, -1e30, 0.0, 745.0, -745.0])
+    t = np.array([1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.5, 0.3, 0.7])
+    tx = torch.tensor(x, requires_grad=True)
+    t_loss = torch.nn.functional.binary_cross_entropy_with_logits(tx, torch.tensor(t), reduction="none")
+    t_loss.sum().backward()
+    with np.errstate(all="ignore"):
+        loss, grad = fx.binary_cross_entropy_with_logits_with_grad(x, t, reduction="none")
+    assert_close(loss, t_loss.detach().numpy(), rtol=1e-12)
+    assert_close(grad, tx.grad.numpy(), rtol=1e-12)
+
+
+def test_bce_probs_clamped_logs_and_nan():
+    torch = pytest.importorskip("torch")
+    p = np.array([0.0, 1.0, 0.0, 1.0, 1e-300, 1 - 1e-16, 5e-324])
+    t = np.array([1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.3])
+    tp = torch.tensor(p, requires_grad=True)
+    t_loss = torch.nn.functional.binary_cross_entropy(tp, torch.tensor(t), reduction="none")
+    t_loss.sum().backward()
+    loss, grad = fx.binary_cross_entropy_with_grad(p, t, reduction="none")
+    assert_close(loss, t_loss.detach().numpy(), rtol=1e-12)
+    assert loss[0] == 100.0 and loss[1] == 100.0  # log clamped at -100
+    assert_close(grad, tp.grad.numpy(), rtol=1e-12)
+    with np.errstate(all="ignore"):
+        nan_loss, nan_grad = fx.binary_cross_entropy_with_grad(np.array([np.nan, 0.5]), np.array([1.0, 1.0]),
+                                                               reduction="none")
+    assert np.isnan(nan_loss[0]) and np.isnan(nan_grad[0]) and np.isfinite(nan_loss[1])
+
+
+ALL_LOSSES = ["cross_entropy_with_grad", "binary_cross_entropy_with_grad",
+              "binary_cross_entropy_with_logits_with_grad", "entropy_with_grad",
+              "kl_divergence_with_grad", "cross_entropy_probs_with_grad"]
+
+
+@pytest.mark.parametrize("shape", [(0, 5), (0, 3, 4), (3, 0, 4), (0,), (0, 0)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_empty_inputs_everywhere(shape, dtype):
+    x = np.zeros(shape, dtype=dtype)
+    for name in ("logsumexp", "softmax", "log_softmax", "entropy", "entropy_with_grad"):
+        for axis in (-1, 0, None):
+            got = getattr(fx, name)(x, axis=axis)
+            for g, e in zip(got if isinstance(got, tuple) else (got,), _ref64(name, x, axis=axis)):
+                assert np.asarray(g).dtype == dtype
+                assert_close(g, e, rtol=0)
+    for name in ("kl_divergence_with_grad", "cross_entropy_probs_with_grad", "binary_cross_entropy_with_grad",
+                 "binary_cross_entropy_with_logits_with_grad"):
+        for reduction in (("mean", "sum", "none") if "binary" in name else (None,)):
+            kwargs = {} if reduction is None else dict(reduction=reduction)
+            got = getattr(fx, name)(x, x, **kwargs)
+            for g, e in zip(got, _ref64(name, x, x, **kwargs)):
+                assert_close(g, e, rtol=0)
+    if shape[-1] > 0:
+        labels = np.zeros(shape[:-1], dtype=np.int64)
+        for reduction in ("mean", "sum", "none"):
+            for target in (labels, x):
+                got = fx.cross_entropy_with_grad(x, target, reduction=reduction, label_smoothing=0.1)
+                for g, e in zip(got, _ref64("cross_entropy_with_grad", x, target, reduction=reduction,
+                                            label_smoothing=0.1)):
+                    assert_close(g, e, rtol=0)
+
+
+def test_logsumexp_over_an_empty_axis_is_minus_inf():
+    x = np.zeros((3, 0))
+    np.testing.assert_array_equal(fx.logsumexp(x), [-np.inf] * 3)
+    np.testing.assert_array_equal(fx.logsumexp(x, keepdims=True), [[-np.inf]] * 3)
+    assert fx.logsumexp(x, axis=None) == -np.inf
+    np.testing.assert_array_equal(fx.logsumexp(x, axis=0), np.zeros(0))
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_one_class_with_options(soft):
+    x = np.random.default_rng(0).standard_normal((6, 1)) * 5
+    target = np.ones((6, 1)) if soft else np.zeros(6, dtype=np.int64)
+    for kw in (dict(label_smoothing=0.3), dict(weight=np.array([2.5])), dict(reduction="sum", grad_output=3.0)):
+        loss, grad = fx.cross_entropy_with_grad(x, target, **kw)
+        # 0 up to the rounding of (1 - eps) x_y + eps x_y - x_y: ~1 ulp of |x| <= 20
+        assert_close(loss, 0.0, rtol=0, atol=1e-14)
+        assert_close(grad, np.zeros((6, 1)), rtol=0, atol=1e-14)
+    assert_close(fx.log_softmax(x), np.zeros((6, 1)), rtol=0, atol=1e-14)
+    assert (fx.entropy(np.ones((4, 1))) == 0).all()
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "kernel bug (reported): the fused cross-entropy computes lse - x_y without the exact "
+    "(x - max) - log(sum) form, so one-class rows are not exactly 0 and float32 losses of "
+    "confident rows come out negative, e.g. cross_entropy(float32 [[21.375]], [0]) = -1.8e-08; "
+    "log_softmax(float64 [[0.1]]) = -6.9e-17. Drop this marker once fixed."))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_losses_are_never_negative_and_one_class_is_exactly_zero(rng, dtype):
+    """With x - max - log(sum exp(x - max)), -log p_y = log(sum) - (x_y - max)
+    >= 0 always, and it is exactly 0 when C = 1 (sum = 1, x_y = max)."""
+    one = (rng.standard_normal((500, 1)) * 10).astype(dtype)
+    np.testing.assert_array_equal(fx.log_softmax(one), np.zeros((500, 1), dtype=dtype))
+    zeros = np.zeros(500, dtype=np.int64)
+    np.testing.assert_array_equal(fx.cross_entropy(one, zeros, reduction="none"), np.zeros(500, dtype=dtype))
+    x = rng.standard_normal((2000, 10)).astype(dtype)
+    x[:, 0] += 20 if dtype == np.float32 else 40  # confident, correct rows: loss ~ e^-20
+    assert (fx.cross_entropy(x, zeros.repeat(4), reduction="none") >= 0).all()
+    assert (fx.log_softmax(x) <= 0).all()
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_all_rows_ignored_with_options(reduction):
+    x = np.random.default_rng(1).standard_normal((2, 3, 4)).astype(np.float32)
+    labels = np.full((2, 3), 7)
+    out = np.full_like(x, np.nan)
+    loss, grad = fx.cross_entropy_with_grad(x, labels, ignore_index=7, weight=np.arange(1.0, 5.0),
+                                            label_smoothing=0.2, reduction=reduction, out=out,
+                                            grad_output=np.ones((2, 3)) if reduction == "none" else 1.0)
+    assert grad is out and (out == 0).all()
+    if reduction == "mean":
+        assert np.isnan(loss)
+    elif reduction == "sum":
+        assert loss == 0
+    else:
+        np.testing.assert_array_equal(loss, np.zeros((2, 3), dtype=np.float32))
+    assert loss.dtype == np.float32
+
+
+def test_masked_classes_in_soft_targets():
+    """-inf logits (masked classes) with zero target mass contribute nothing
+    (0 * log 0 = 0); with target mass the loss is inf."""
+    x = np.array([[-np.inf, 0.0, 1.0], [0.0, -np.inf, 2.0]])
+    t = np.array([[0.0, 0.5, 0.5], [0.2, 0.3, 0.5]])
+    loss, grad = fx.cross_entropy_with_grad(x, t, reduction="none")
+    expected = -(0.5 * np.log(np.exp(0) / (1 + np.e)) + 0.5 * np.log(np.e / (1 + np.e)))
+    assert_close(loss[0], expected, rtol=1e-14)
+    assert loss[1] == np.inf
+    assert grad[0, 0] == 0 and np.isfinite(grad).all()
