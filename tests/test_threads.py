@@ -1,9 +1,14 @@
 """Concurrent calls from many Python threads: same results as serial calls,
 bit for bit, and no abort (Numba's workqueue layer would abort)."""
 
+import os
+import subprocess
+import sys
+import textwrap
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import pytest
 
 import fastxent as fx
 
@@ -27,13 +32,6 @@ def test_64_calls_from_8_threads(rng):
         for a, b in zip(s, c):
             np.testing.assert_array_equal(a, b)
 
-
-import os
-import subprocess
-import sys
-import textwrap
-
-import pytest
 
 
 def _family_jobs(rng):
