@@ -297,3 +297,56 @@ def cross_entropy_probs_with_grad(p: ArrayLike, q: ArrayLike, axis: Axis = -1) -
 # ------------------------------------------------------ linear cross-entropy
 # (reference versions of linear_cross_entropy / linear_cross_entropy_with_grad
 # are appended below by fastxent/_linear.py's author)
+
+
+__all__ += ["linear_cross_entropy", "linear_cross_entropy_with_grad"]
+
+
+def _linear_operands(x, W, bias):
+    xa, rx = _work(x, "x")
+    Wa, rw = _work(W, "W")
+    work, result = np.promote_types(xa.dtype, Wa.dtype), np.promote_types(rx, rw)
+    if bias is not None:
+        ba, rb = _work(bias, "bias")
+        work, result = np.promote_types(work, ba.dtype), np.promote_types(result, rb)
+    if xa.ndim == 0 or Wa.ndim != 2 or xa.shape[-1] != Wa.shape[1]:
+        raise ValueError(f"x (..., D) and W (C, D) do not match: x {xa.shape}, W {Wa.shape}")
+    if bias is not None and ba.shape != (Wa.shape[0],):
+        raise ValueError(f"bias must have shape ({Wa.shape[0]},), got {ba.shape}")
+    b = None if bias is None else ba.astype(work)
+    return xa.astype(work, copy=False), Wa.astype(work, copy=False), b, result
+
+
+def linear_cross_entropy_with_grad(x: ArrayLike, W: ArrayLike, target: ArrayLike, *,
+                                   bias: Optional[ArrayLike] = None, l2: float = 0.0,
+                                   weight: Optional[ArrayLike] = None, ignore_index: int = -100,
+                                   reduction: str = "mean", label_smoothing: float = 0.0,
+                                   grad_output=None, chunk_size: Optional[int] = None):
+    """Full logits f = x Wᵀ + b, then cross-entropy; (loss, (dx, dW, dbias)).
+    loss = reduce(L_n) + (l2/2)||W||², dW = Gᵀx + l2·W (times grad_output);
+    ``chunk_size`` is accepted and ignored."""
+    xa, Wa, b, result = _linear_operands(x, W, bias)
+    if l2 and reduction == "none":
+        raise ValueError("l2 != 0 needs reduction='mean' or 'sum'")
+    logits = xa @ Wa.T if b is None else xa @ Wa.T + b
+    loss, G = cross_entropy_with_grad(logits, target, weight=weight, ignore_index=ignore_index,
+                                      reduction=reduction, label_smoothing=label_smoothing,
+                                      grad_output=grad_output)
+    g = 1.0 if grad_output is None or reduction == "none" else float(grad_output)
+    G2, x2 = G.reshape(-1, Wa.shape[0]), xa.reshape(-1, Wa.shape[1])
+    if l2:
+        loss = loss + np.asarray(l2 / 2 * np.sum(Wa.astype(np.float64) ** 2), dtype=loss.dtype)
+    dW = G2.T @ x2 + g * l2 * Wa
+    dbias = None if b is None else G2.sum(axis=0)
+    return _result(loss, result), (_result(G @ Wa, result), _result(dW, result),
+                                   None if dbias is None else _result(dbias, result))
+
+
+def linear_cross_entropy(x: ArrayLike, W: ArrayLike, target: ArrayLike, *,
+                         bias: Optional[ArrayLike] = None, l2: float = 0.0,
+                         weight: Optional[ArrayLike] = None, ignore_index: int = -100,
+                         reduction: str = "mean", label_smoothing: float = 0.0,
+                         chunk_size: Optional[int] = None):
+    return linear_cross_entropy_with_grad(x, W, target, bias=bias, l2=l2, weight=weight,
+                                          ignore_index=ignore_index, reduction=reduction,
+                                          label_smoothing=label_smoothing)[0]
