@@ -326,3 +326,22 @@ def test_no_function_modifies_its_inputs(rng):
     fx.entropy_with_grad(p), fx.kl_divergence_with_grad(p, q), fx.cross_entropy_probs_with_grad(p, q, axis=0)
     for a, c in zip((x, p, q, y, w), copies):
         np.testing.assert_array_equal(a, c)
+
+
+PUBLIC = ["logsumexp", "softmax", "log_softmax", "cross_entropy", "cross_entropy_with_grad",
+          "binary_cross_entropy", "binary_cross_entropy_with_grad", "binary_cross_entropy_with_logits",
+          "binary_cross_entropy_with_logits_with_grad", "entropy", "entropy_with_grad", "kl_divergence",
+          "kl_divergence_with_grad", "cross_entropy_probs", "cross_entropy_probs_with_grad"]
+
+
+@pytest.mark.parametrize("name", PUBLIC)
+def test_reference_has_the_public_signatures(name):
+    """fastxent and fastxent.reference take the same arguments (names, kinds
+    and defaults), so that either can stand in for the other."""
+    import inspect
+
+    def params(fn):
+        return [(p.name, p.kind, p.default) for p in inspect.signature(inspect.unwrap(fn)).parameters.values()]
+
+    assert name in fx.__all__
+    assert params(getattr(fx, name)) == params(getattr(reference, name))
