@@ -283,11 +283,6 @@ def test_one_class_with_options(soft):
     assert (fx.entropy(np.ones((4, 1))) == 0).all()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "kernel bug (reported): the fused cross-entropy computes lse - x_y without the exact "
-    "(x - max) - log(sum) form, so one-class rows are not exactly 0 and float32 losses of "
-    "confident rows come out negative, e.g. cross_entropy(float32 [[21.375]], [0]) = -1.8e-08; "
-    "log_softmax(float64 [[0.1]]) = -6.9e-17. Drop this marker once fixed."))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_losses_are_never_negative_and_one_class_is_exactly_zero(rng, dtype):
     """With x - max - log(sum exp(x - max)), -log p_y = log(sum) - (x_y - max)

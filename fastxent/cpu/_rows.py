@@ -3,13 +3,14 @@
 A "row" is the class axis of a C-contiguous (rows, classes) float32/float64
 array; parallel tasks own a block of consecutive rows.
 
-Exponentials: ``exp_rows`` computes e = exp(x) for a whole block of rows in
-one flat loop -- fully vectorised even for 10 classes -- without the usual
-max shift, then checks each row's sum.  Where the sum is outside
-[SAFE_MIN, SAFE_MAX] (overflow, underflow, +-inf, NaN) that row alone is
-redone as exp(x - max).  Inside the range no term overflowed and the largest
-is a normal number, so the unshifted sum is exactly as accurate as the
-shifted one; the common case reads the logits once and skips the max pass.
+Exponentials: ``exp_rows`` computes e = exp(x - max) for a block of rows.
+Short rows (10 classes) are shifted row by row into the scratch block and
+exponentiated in one flat loop over the whole block, so that the exp is fully
+vectorised; long rows take a max pass (at memory speed) and a fused
+subtract-exp pass over the cached row.  The max shift is what makes the
+invariants exact: exp(0) = 1 for the max, so every sum is >= 1, log_softmax
+= (x - max) - log(sum) <= 0, cross-entropy >= 0, and a one-class row gives
+exactly 0.
 
 Sums accumulate in the input dtype over blocks of ``SUM_BLOCK`` elements (LLVM
 keeps 32 partial sums per vector loop, so a float32 partial sum holds at most
@@ -25,8 +26,6 @@ from fastxent._jit import helper
 from fastxent.cpu._fastmath import fast_exp, fast_log, maxnum
 
 SUM_BLOCK = 2048
-SAFE_MIN = 1e-20
-SAFE_MAX = 1e20
 # Rows at least this long are summed without storing the exponentials when
 # only the sums are needed (the flat block pass pays off for short rows).
 LONG_ROW = 256
@@ -97,9 +96,11 @@ def row_sum_exp(x, shift):
 
 
 @helper
-def max_shift(x, finite_shift):
-    """The shift for a row whose unshifted sum is unsafe: its max (or, with
-    ``finite_shift``, the max only when finite; see exp_rows)."""
+def row_shift(x, finite_shift):
+    """The row's max, the shift of its exponentials.  With ``finite_shift``
+    (logsumexp) an infinite max becomes 0, so that an all -inf row sums to 0
+    (lse = -inf) and a row holding +inf to inf (lse = +inf); without it such
+    rows give x - max = NaN, and NaN softmax / cross-entropy, as in PyTorch."""
     shift = row_max(x)
     if finite_shift and not math.isfinite(shift):
         shift = x.dtype.type(0.0)
@@ -117,15 +118,10 @@ def logs_of(sums, log_sums):
 def sum_exp_rows(x, start, stop, shifts, sums, log_sums, finite_shift):
     """shifts, sums and log_sums as :func:`exp_rows` gives them, without
     storing the exponentials: for long rows when only the normaliser is needed."""
-    zero = x.dtype.type(0.0)
     for r in range(stop - start):
-        s = row_sum_exp(x[start + r], zero)
-        shift = zero
-        if not (SAFE_MIN <= s <= SAFE_MAX):  # rare: keep the call off the hot path
-            shift = max_shift(x[start + r], finite_shift)
-            s = row_sum_exp(x[start + r], shift)
+        shift = row_shift(x[start + r], finite_shift)
         shifts[r] = shift
-        sums[r] = s
+        sums[r] = row_sum_exp(x[start + r], shift)
     logs_of(sums, log_sums)
 
 
@@ -138,33 +134,32 @@ def exp_into(x, shift, out):
 
 @helper
 def exp_rows(x, start, stop, e, shifts, sums, log_sums, finite_shift):
-    """For rows start..stop of x: e[r, :] = exp(x[start + r] - shifts[r]),
-    sums[r] = sum of that row of e (float64) and log_sums[r] = log(sums[r]).
+    """For rows start..stop of x: shifts[r] = the row max (see row_shift),
+    e[r, :] = exp(x[start + r] - shifts[r]), sums[r] = the sum of that row of
+    e (float64, >= 1 for finite rows) and log_sums[r] = log(sums[r]).
     The row's logsumexp is shifts[r] + log_sums[r]; quantities relative to it
-    are computed as (x - shift) - log_sum, which stays exact when |shift| is
-    huge (1e30) and log_sum is not.
-
-    shifts[r] is 0 unless the unshifted sum is unsafe; then it is the row max
-    -- or, with ``finite_shift`` (logsumexp), the max only when finite, so
-    that an all -inf row sums to 0 and a row with +inf to inf.  Without it a
-    row that is all -inf or holds +inf sums to NaN, as softmax requires.
-    ``e`` is a (stop - start, C) C-contiguous scratch array."""
+    are computed as (x - shift) - log_sum, exact also when |shift| is huge
+    (1e30).  ``e`` is a (stop - start, C) C-contiguous scratch array."""
     n_classes = x.shape[1]
     n_rows = stop - start
-    flat_x = x[start:stop].reshape(n_rows * n_classes)
-    flat_e = e.reshape(n_rows * n_classes)
-    for k in range(n_rows * n_classes):
-        flat_e[k] = fast_exp(flat_x[k])
-    zero = x.dtype.type(0.0)
-    for r in range(n_rows):
-        s = row_sum(e[r])
-        shift = zero
-        if not (SAFE_MIN <= s <= SAFE_MAX):  # rare: keep the calls off the hot path
-            shift = max_shift(x[start + r], finite_shift)
+    if n_classes >= LONG_ROW:
+        for r in range(n_rows):
+            shift = row_shift(x[start + r], finite_shift)
+            shifts[r] = shift
             exp_into(x[start + r], shift, e[r])
-            s = row_sum(e[r])
-        shifts[r] = shift
-        sums[r] = s
+    else:
+        for r in range(n_rows):
+            row = x[start + r]
+            shift = row_shift(row, finite_shift)
+            shifts[r] = shift
+            shifted = e[r]
+            for j in range(n_classes):
+                shifted[j] = row[j] - shift
+        flat_e = e.reshape(n_rows * n_classes)
+        for k in range(n_rows * n_classes):
+            flat_e[k] = fast_exp(flat_e[k])
+    for r in range(n_rows):
+        sums[r] = row_sum(e[r])
     logs_of(sums, log_sums)
 
 
