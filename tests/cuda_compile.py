@@ -20,12 +20,13 @@ import subprocess
 import sys
 import tempfile
 
-os.environ["FASTXENT_CUDA_COMPILE_ONLY"] = "1"
-os.environ.pop("NUMBA_ENABLE_CUDASIM", None)
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def main(argv=None):
+    # before numba is imported: no simulator, and no GPU needed
+    os.environ["FASTXENT_CUDA_COMPILE_ONLY"] = "1"
+    os.environ.pop("NUMBA_ENABLE_CUDASIM", None)
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cc", default="9.0", help="compute capability, e.g. 9.0 (H100/H200)")
     parser.add_argument("--ptxas", action="store_true", help="assemble with ptxas -v (registers, spills)")
