@@ -172,13 +172,13 @@ def _gradient_target(call: Call, out: Any, logits_dev: Any, x2: Any, target2: An
 
 
 def _check_labels(call: Call, labels: Any, n_classes: int, ignore_index: int, weight: Any,
-                  batch_shape: tuple) -> Any:
+                  batch_shape: tuple, status: Buffer, partials: Buffer) -> Any:
     """Run the label scan; raise IndexError for the first bad label.
-    Returns the device array holding the mean's denominator."""
+    Returns the device array holding the mean's denominator.  ``status``
+    (BAD slot at the row count) and ``partials`` are shared with the loss
+    kernel, which runs after the scan on the same stream."""
     n_rows = labels.shape[0]
     blocks, threads = _config.elementwise_launch(n_rows)
-    status = call.status(n_rows)
-    partials = call.empty((2 * blocks,), np.float64)
     den = call.empty((1,), np.float64)
     call.launch(xent_kernels.scan_labels, blocks, threads)(
         labels, np.int64(n_classes), np.int64(ignore_index), weight, status.dev, partials.dev,
@@ -210,9 +210,18 @@ def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smooth
     grad_rows = _GradOutput(call, grad_output, reduction, layout.batch_shape) if want_grad else None
 
     x2 = arrays.rows(call, x, layout, work)
+    status = partials = None
+    if n_rows:
+        blocks, threads, tpr = _config.row_launch(n_rows, n_classes)
+        scan_blocks = _config.elementwise_launch(n_rows)[0] if hard else 0
+        partials = call.empty((2 * max(blocks, scan_blocks),), np.float64)
+        status = call.status(n_rows)
     if hard:
         labels = arrays.flat(call, t, t.dtype)
-        den = _check_labels(call, labels, n_classes, ignore_index, w, layout.batch_shape) if n_rows else None
+        den = None
+        if n_rows:
+            den = _check_labels(call, labels, n_classes, ignore_index, w, layout.batch_shape,
+                                status, partials)
         target2 = None
     else:
         labels = None
@@ -231,9 +240,6 @@ def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smooth
         result = call.empty((1,), work)
 
     if n_rows:
-        blocks, threads, tpr = _config.row_launch(n_rows, n_classes)
-        partials = call.empty((2 * blocks,), np.float64)
-        status = call.status(0)
         g = grad_rows or _GradOutput(call, None, reduction, layout.batch_shape)
         common = dict(losses=None if losses is None else losses.dev,
                       result=None if result is None else result.dev)
