@@ -59,10 +59,19 @@ def check(got, expected, rtol=RTOL, atol=ATOL):
     assert_close(g, e, rtol, atol)
 
 
+SMALL_LAUNCHES = dict(BLOCK=32, MAX_THREADS_PER_ROW=32, ELEMENTS_PER_THREAD=4, MAX_BLOCKS=8)
+
+
 @pytest.fixture(autouse=True)
-def _shared_memory_reductions(monkeypatch):
-    """Reductions through shared memory (the simulator has no warp shuffles;
-    on a GPU this tests the fallback path)."""
+def _small_launches(request, monkeypatch):
+    """The simulator's launch geometry (also on a GPU, so that the small
+    shapes below cover the same paths), and reductions through shared memory
+    (the simulator has no warp shuffles; on a GPU this is the fallback path).
+    Tests named test_default_launches* keep the defaults."""
+    if request.node.name.startswith("test_default_launches"):
+        return
+    for name, value in SMALL_LAUNCHES.items():
+        monkeypatch.setattr(_config, name, value)
     monkeypatch.setattr(_config, "USE_SHUFFLE", False)
 
 
@@ -347,11 +356,29 @@ def test_foreign_array_interface(rng):
         assert_close(host(grad), rg, RTOL, ATOL)
 
 
+def _pointer(stream):
+    handle = stream.handle
+    return int(handle.value if hasattr(handle, "value") else handle)
+
+
 def test_stream_selection():
-    assert _arrays._stream_from_pointer(None) == _numba_cuda.default_stream()
-    if not SIM:  # on a GPU: an external stream wraps the producer's pointer
+    if SIM:
+        assert _arrays._stream_from_pointer(None) == _numba_cuda.default_stream()
+    else:  # on a GPU: an external stream wraps the producer's pointer
         s = cuda.stream()
-        assert _arrays._stream_from_pointer(s.handle.value).handle.value == s.handle.value
+        assert _pointer(_arrays._stream_from_pointer(_pointer(s))) == _pointer(s)
+
+
+@pytest.mark.skipif(SIM, reason="warp shuffles and full-size blocks need a GPU")
+def test_default_launches_with_shuffles(rng):
+    """The GPU's own geometry and warp-shuffle reductions."""
+    assert _config.USE_SHUFFLE
+    for shape in ((300, 10), (5, 3000), (3, 40000)):
+        x = rng.normal(size=shape)
+        y = rng.integers(0, shape[1], size=shape[0])
+        check(fx.cross_entropy_with_grad(dev(x), dev(y), label_smoothing=0.1),
+              ref.cross_entropy_with_grad(x, y, label_smoothing=0.1))
+        check(fx.logsumexp(dev(x)), ref.logsumexp(x))
 
 
 # ----------------------------------------------------------------- PyTorch
