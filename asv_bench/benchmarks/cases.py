@@ -187,13 +187,26 @@ if jax is not None:
         jax = None
 scipy_special = _optional("scipy.special")
 
+# fastxent itself, imported now so that asv's fork server pays for it once
+# (Numba kernels are compiled or loaded from the on-disk cache per process, in
+# prepare(); importing launches no thread).  Looked up again in _fastxent_fn:
+# a commit without some function skips only that function.
+fastxent = _optional("fastxent")
+if fastxent is not None:
+    _optional("fastxent.reference")
+    for _lazy in ("linear_cross_entropy",):  # names the package imports on first use
+        try:
+            getattr(fastxent, _lazy)
+        except Exception:
+            pass
+
 
 def _fastxent_fn(name: str) -> Callable:
     try:
         import fastxent
         return getattr(fastxent, name)
     except Exception as exc:  # e.g. the linear family at a commit before it existed
-        raise NotImplementedError(f"fastxent.{name} is not available: {exc!r}") from None
+        raise NotImplementedError(f"fastxent.{name}: {type(exc).__name__}: {exc}") from None
 
 
 def _numpy_fn(name: str) -> Callable:
@@ -201,7 +214,7 @@ def _numpy_fn(name: str) -> Callable:
         from fastxent import reference
         return getattr(reference, name)
     except Exception as exc:
-        raise NotImplementedError(f"fastxent.reference.{name} is not available: {exc!r}") from None
+        raise NotImplementedError(f"fastxent.reference.{name}: {type(exc).__name__}: {exc}") from None
 
 
 def _scipy_fn(name: str) -> Callable:
