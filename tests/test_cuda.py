@@ -356,6 +356,45 @@ def test_foreign_array_interface(rng):
         assert_close(host(grad), rg, RTOL, ATOL)
 
 
+_SHUFFLES = []
+
+
+def _emulated_shfl_xor_sync(self, mask, value, lane_mask):
+    """cuda.shfl_xor_sync for the simulator: an exchange through a dict
+    between two block barriers.  Valid for kernels in which every thread of
+    the block shuffles together (as fastxent's reductions do)."""
+    import threading
+
+    me = threading.current_thread()
+    _SHUFFLES.append(lane_mask)
+    store = self.__dict__.setdefault("_shuffle_store", {})
+    tid = me.threadIdx.x
+    store[tid] = value
+    me.syncthreads()
+    other = store[(tid // 32) * 32 + ((tid % 32) ^ lane_mask)]
+    me.syncthreads()
+    return other
+
+
+@pytest.mark.skipif(not SIM, reason="emulates warp shuffles on the simulator")
+def test_shuffle_reductions_emulated(rng, monkeypatch):
+    """The warp-shuffle reduction path (real GPUs) on the simulator, with an
+    emulated shfl_xor_sync: groups within a warp (C = 5) and groups of two
+    warps (64 threads per row, C = 300)."""
+    from numba.cuda.simulator.kernelapi import FakeCUDAModule
+
+    monkeypatch.setattr(FakeCUDAModule, "shfl_xor_sync", _emulated_shfl_xor_sync, raising=False)
+    monkeypatch.setattr(_config, "USE_SHUFFLE", True)
+    monkeypatch.setattr(_config, "BLOCK", 64)
+    monkeypatch.setattr(_config, "MAX_THREADS_PER_ROW", 64)
+    for shape in ((70, 5), (2, 300)):
+        x = rng.normal(size=shape)
+        y = rng.integers(0, shape[1], size=shape[0])
+        check(fx.cross_entropy_with_grad(dev(x), dev(y), label_smoothing=0.1),
+              ref.cross_entropy_with_grad(x, y, label_smoothing=0.1))
+    assert set(_SHUFFLES) == {1, 2, 4, 8, 16}  # both geometries shuffled
+
+
 def _pointer(stream):
     handle = stream.handle
     return int(handle.value if hasattr(handle, "value") else handle)
