@@ -29,7 +29,7 @@ from fastxent import reference as ref
 from fastxent.cuda import _arrays, _config
 from fastxent.cuda import api as cuda_api
 
-from .conftest import as64, assert_close
+from tests.conftest import as64, assert_close
 
 cuda = _numba_cuda.cuda
 SIM = _numba_cuda.SIMULATED
