@@ -47,7 +47,12 @@ from fastxent.cuda._numba_cuda import (SIMULATED, as_device_array, cuda, default
 
 
 def is_device(obj: Any) -> bool:
-    """True for objects exposing ``__cuda_array_interface__``."""
+    """True for objects exposing ``__cuda_array_interface__``.  (PyTorch
+    refuses the interface, with a RuntimeError, for tensors that require
+    grad: those are asked ``is_cuda`` and detached by :meth:`Call.device`.)"""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(obj, torch.Tensor) and obj.requires_grad:
+        return bool(obj.is_cuda) or hasattr(obj.detach(), "__cuda_array_interface__")
     return hasattr(obj, "__cuda_array_interface__")
 
 
