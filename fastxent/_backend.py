@@ -10,6 +10,7 @@ works on machines without CUDA.
 from __future__ import annotations
 
 import functools
+import sys
 from types import ModuleType
 from typing import Any, Callable, TypeVar
 
@@ -19,8 +20,15 @@ F = TypeVar("F", bound=Callable[..., Any])
 def is_cuda_array(obj: Any) -> bool:
     """True for objects that live on an NVIDIA GPU (``__cuda_array_interface__``).
 
-    ``hasattr`` is False for PyTorch CPU tensors: their property raises
-    AttributeError."""
+    Numba device arrays (simulated ones included) are recognised by their
+    marker attribute, PyTorch tensors by ``is_cuda`` (the interface property
+    raises for a CUDA tensor that requires grad, and for CPU tensors), anything
+    else by the interface itself."""
+    if getattr(obj, "__cuda_ndarray__", False):
+        return True
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(obj, torch.Tensor):
+        return bool(obj.is_cuda)
     return hasattr(obj, "__cuda_array_interface__")
 
 

@@ -277,11 +277,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--json", metavar="FILE", help="write the measurements as JSON")
     parser.add_argument("--plot", metavar="FILE.png", help="plot time per element against C")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    args = parser.parse_args(argv)
-    if args.device == "cuda":
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--device" in argv and argv[argv.index("--device") + 1:][:1] == ["cuda"]:
+        # the GPU benchmark has options of its own: hand it everything else
         from fastxent.cuda import bench as cuda_bench
 
-        return cuda_bench.main([] if not args.quick else ["--quick"])
+        k = argv.index("--device")
+        return cuda_bench.main(argv[:k] + argv[k + 2:])
+    args = parser.parse_args(argv)
     if args.quick:
         functions = args.functions or list(FUNCTIONS)
         shapes, rounds = [QUICK_SHAPE], args.rounds or 5
