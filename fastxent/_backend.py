@@ -21,14 +21,14 @@ def is_cuda_array(obj: Any) -> bool:
     """True for objects that live on an NVIDIA GPU (``__cuda_array_interface__``).
 
     Numba device arrays (simulated ones included) are recognised by their
-    marker attribute, PyTorch tensors by ``is_cuda`` (the interface property
-    raises for a CUDA tensor that requires grad, and for CPU tensors), anything
-    else by the interface itself."""
+    marker attribute and PyTorch CUDA tensors by ``is_cuda`` (their interface
+    property raises RuntimeError when they require grad); anything else by the
+    interface itself (PyTorch CPU tensors raise AttributeError there: False)."""
     if getattr(obj, "__cuda_ndarray__", False):
         return True
     torch = sys.modules.get("torch")
-    if torch is not None and isinstance(obj, torch.Tensor):
-        return bool(obj.is_cuda)
+    if torch is not None and isinstance(obj, torch.Tensor) and obj.is_cuda:
+        return True
     return hasattr(obj, "__cuda_array_interface__")
 
 
