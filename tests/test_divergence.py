@@ -118,11 +118,6 @@ def test_negative_and_nan_entries_give_scipy_values_in_long_rows(rng):
         assert_close(fx.cross_entropy_probs(p, q), -special.xlogy(p, q).sum(-1), rtol=1e-12)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "kernel bug (reported): kl_divergence_with_grad(p, p) gives tiny negative values "
-    "(about -4e-17) instead of 0, while kl_divergence(p, p) gives 0 -- probably p/q "
-    "evaluated as p * (1/q) under arcp, the reciprocal shared with the gradient -p/q. "
-    "Drop this marker once fixed."))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_kl_of_a_distribution_with_itself_is_exactly_zero(rng, dtype):
     """p log(p/p) = p log 1 = 0 term by term, so KL(p||p) is exactly 0 (never

@@ -19,10 +19,11 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
-# Fast-math flags for every kernel: everything that helps vectorisation and
-# FMA contraction, but *not* ``nnan``/``ninf`` -- those would let LLVM delete
-# the NaN and infinity handling that the semantics require.
-FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+# Fast-math flags for every kernel: what vectorised sums (reassoc) and FMA
+# contraction need, but *not* ``nnan``/``ninf`` -- those would let LLVM delete
+# the NaN and infinity handling that the semantics require -- and not ``arcp``,
+# which turns p / q into p * (1/q) and makes KL(p || p) = p log(p/p) -4e-17.
+FASTMATH = {"nsz", "contract", "afn", "reassoc"}
 
 # The exp helpers themselves must not be reassociated: Cody-Waite range
 # reduction (x - n*ln2_hi) - n*ln2_lo is exact only in that order.  They are
