@@ -209,7 +209,10 @@ def _binary(values, target, weight, pos_weight, reduction, from_logits, want_gra
     loss = _reduce(losses, reduction, v.size, result)
     if not want_grad:
         return loss
-    g = 1.0 if grad_output is None else np.asarray(grad_output).astype(v.dtype)
+    g = 1.0 if grad_output is None else _work(grad_output, "grad_output")[0].astype(v.dtype)
+    if np.ndim(g) and reduction != "none":
+        raise ValueError(f"grad_output for reduction={reduction!r} must be a scalar, got shape {np.shape(g)}")
+    g = np.broadcast_to(g, v.shape)  # "none": anything that broadcasts, like weight (else ValueError)
     if reduction == "mean":
         g = g / v.size if v.size else np.nan
     return loss, np.broadcast_to(grad * g, v.shape).astype(result)
