@@ -335,6 +335,13 @@ def _run(p: _Problem, want_grad: bool, grad_output: Any = None, want_dx: bool = 
 
 
 # ------------------------------------------------------------------ public
+def _refuse_cuda(*arrays) -> None:
+    if any(is_cuda_array(a) for a in arrays):
+        raise NotImplementedError(
+            "linear_cross_entropy does not take CUDA arrays yet: copy them to the host "
+            "(NumPy) or use the CUDA cross_entropy_with_grad on logits you computed")
+
+
 def linear_cross_entropy(x: ArrayLike, W: ArrayLike, target: ArrayLike, *,
                          bias: Optional[ArrayLike] = None, l2: float = 0.0,
                          weight: Optional[ArrayLike] = None, ignore_index: int = -100,
@@ -356,6 +363,7 @@ def linear_cross_entropy(x: ArrayLike, W: ArrayLike, target: ArrayLike, *,
     >>> round(float(fx.linear_cross_entropy(x, W, np.array([0, 1]))), 6)
     0.126928
     """
+    _refuse_cuda(x, W, target, bias)
     p = _prepare(x, W, target, bias, l2, weight, ignore_index, reduction, label_smoothing,
                  chunk_size)
     return _run(p, want_grad=False)[0]
@@ -376,6 +384,7 @@ def linear_cross_entropy_with_grad(x: ArrayLike, W: ArrayLike, target: ArrayLike
     per chunk of rows; the extra memory is one chunk of logits and one (C, D)
     block.
     """
+    _refuse_cuda(x, W, target, bias)
     p = _prepare(x, W, target, bias, l2, weight, ignore_index, reduction, label_smoothing,
                  chunk_size)
     loss, dx, dW, dbias = _run(p, want_grad=True, grad_output=grad_output)

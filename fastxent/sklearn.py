@@ -116,6 +116,7 @@ class _Objective:
         self.row_scale = s / self.weight_total if weighted else None
         self.sample_weight = s if weighted else None
         self.n_evaluations = 0
+        self.last = (None, math.nan, None)
 
     @property
     def size(self) -> int:
@@ -170,6 +171,7 @@ class _Objective:
             gV = dW - np.outer(db, self.mu)
             grad[C * D:] = db
         grad[: C * D] = _right_multiply(gV, self.M).ravel()
+        self.last = (theta.copy(), value, grad)
         return value, grad
 
 
@@ -269,8 +271,9 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
             state["iteration"] += 1
             if verbose:
                 value = getattr(intermediate_result, "fun", math.nan)
-                grad = getattr(intermediate_result, "jac", None)
-                gmax = float(np.abs(grad).max()) if grad is not None and grad.size else math.nan
+                x, _, grad = fun.last  # the gradient at the accepted point, if it was the last one
+                same = x is not None and np.array_equal(x, intermediate_result.x)
+                gmax = float(np.abs(grad).max()) if same and grad.size else math.nan
                 print(f"[SoftmaxRegression] iter {state['iteration']:4d}  "
                       f"objective {value * fun.weight_total:.12g}  max|grad| {gmax:.2e}  "
                       f"time {time.perf_counter() - start:.3f}s", flush=True)

@@ -334,3 +334,15 @@ def test_peak_memory_is_a_fraction_of_the_logits(rng):
     extra = peak - outputs
     print(f"extra memory {extra / 2**20:.1f} MiB = 1/{logits_bytes / extra:.1f} of the logits")
     assert extra <= logits_bytes / 8
+
+
+def test_cuda_arrays_are_refused_clearly(rng):
+    class FakeDeviceArray:
+        __cuda_array_interface__ = {"shape": (13, 5), "typestr": "<f8", "data": (0, False),
+                                    "version": 3}
+
+    x, W, bias, target = _problem(rng)
+    with pytest.raises(NotImplementedError, match="CUDA"):
+        fx.linear_cross_entropy_with_grad(FakeDeviceArray(), W, target)
+    with pytest.raises(NotImplementedError, match="CUDA"):
+        fx.linear_cross_entropy(x, W, target, bias=FakeDeviceArray())
