@@ -35,19 +35,18 @@ def _softmax_rows(x, out, log, rows_per_task):
             log_sums = np.empty(stop - start)
             exp_rows(x, start, stop, out[start:stop], shifts, sums, log_sums, False)
         for r in range(stop - start):
-            out_row = out[start + r]
+            i = start + r
             if log:
                 # (x - shift) - log(sum), not log(softmax): exact for tiny
                 # probabilities, and for huge shifts (1e30)
                 shift = shifts[r]
                 log_sum = x.dtype.type(log_sums[r])
-                row = x[start + r]
                 for j in range(n_classes):
-                    out_row[j] = diff_minus(row[j], shift, log_sum)
+                    out[i, j] = diff_minus(x[i, j], shift, log_sum)
             else:
                 inv = x.dtype.type(1.0 / sums[r])
                 for j in range(n_classes):
-                    out_row[j] *= inv
+                    out[i, j] *= inv
 
 
 def logsumexp_rows(x: np.ndarray, out: np.ndarray, rows_per_task: int) -> None:

@@ -39,25 +39,26 @@ def class_weight(weight, c):
 
 
 @helper
-def weighted_row_sum(x, shift, weight):
-    """sum_c w_c (x_c - shift) in float64 (the label-smoothing term)."""
+def weighted_row_sum(x, i, shift, weight):
+    """sum_c w_c (x[i, c] - shift) in float64 (the label-smoothing term)."""
     s = 0.0
-    for j in range(x.shape[0]):
-        s += scaled_diff(class_weight(weight, j), np.float64(x[j]), np.float64(shift))
+    for j in range(x.shape[1]):
+        s += scaled_diff(class_weight(weight, j), np.float64(x[i, j]), np.float64(shift))
     return s
 
 
 @helper
-def write_softmax_grad(e, inv_sum, a, b, weight, grad):
-    """grad_c = a * softmax_c - b * w_c, with softmax = e * inv_sum."""
+def write_softmax_grad(e, r, inv_sum, a, b, weight, grad, i):
+    """grad[i, c] = a * softmax_c - b * w_c, with softmax = e[r, c] * inv_sum.
+    (Rows are indexed, not viewed: see _rows.exp_rows.)"""
     a_inv = grad.dtype.type(a * inv_sum)
     if weight is None:
         bt = grad.dtype.type(b)
-        for j in range(e.shape[0]):
-            grad[j] = e[j] * a_inv - bt
+        for j in range(e.shape[1]):
+            grad[i, j] = e[r, j] * a_inv - bt
     else:
-        for j in range(e.shape[0]):
-            grad[j] = e[j] * a_inv - grad.dtype.type(b * weight[j])
+        for j in range(e.shape[1]):
+            grad[i, j] = e[r, j] * a_inv - grad.dtype.type(b * weight[j])
 
 
 @kernel
@@ -74,22 +75,22 @@ def _xent_hard_rows(logits, labels, weight, weight_total, ignore_index, smoothin
             if y == ignore_index:
                 loss_out[i] = 0.0
                 if grad is not None:
-                    grad[i, :] = 0
+                    for j in range(n_classes):
+                        grad[i, j] = 0
                 continue
-            x = logits[i]
             # lse - x_c as log_sum - (x_c - shift): exact even for |shift| ~ 1e30
             shift = shifts[r]
             log_sum = log_sums[r]
             w_y = class_weight(weight, y)
-            loss = (1.0 - smoothing) * w_y * -diff_minus(np.float64(x[y]), np.float64(shift), log_sum)
+            loss = (1.0 - smoothing) * w_y * -diff_minus(np.float64(logits[i, y]), np.float64(shift), log_sum)
             if smoothing != 0.0:
-                loss += eps_c * (log_sum * weight_total - weighted_row_sum(x, shift, weight))
+                loss += eps_c * (log_sum * weight_total - weighted_row_sum(logits, i, shift, weight))
             loss_out[i] = loss
             if grad is not None:
                 # x is read for the last time above: grad may be the logits (in place)
                 scale = row_scale[i]
                 a = scale * ((1.0 - smoothing) * w_y + eps_c * weight_total)
-                write_softmax_grad(e[r], 1.0 / sums[r], a, scale * eps_c, weight, grad[i])
+                write_softmax_grad(e, r, 1.0 / sums[r], a, scale * eps_c, weight, grad, i)
                 grad[i, y] -= grad.dtype.type(scale * (1.0 - smoothing) * w_y)
 
 
@@ -103,27 +104,23 @@ def _xent_soft_rows(logits, target, weight, smoothing, row_scale, loss_out, grad
         e, shifts, sums, log_sums = block_exps(logits, start, stop, grad is not None, False)
         for r in range(stop - start):
             i = start + r
-            x = logits[i]
-            t = target[i]
             shift = shifts[r]
             # loss = sum_c w_c t'_c (lse - x_c) = log_sum * sum wt - sum wt (x_c - shift)
             wt_sum = 0.0
             wtx_sum = 0.0
             for j in range(n_classes):
-                wt = class_weight(weight, j) * ((1.0 - smoothing) * np.float64(t[j]) + eps_c)
+                wt = class_weight(weight, j) * ((1.0 - smoothing) * np.float64(target[i, j]) + eps_c)
                 wt_sum += wt
                 # 0 * (-inf) would be NaN: a masked class with no target mass adds 0
                 if wt != 0.0:
-                    wtx_sum += scaled_diff(wt, np.float64(x[j]), np.float64(shift))
+                    wtx_sum += scaled_diff(wt, np.float64(logits[i, j]), np.float64(shift))
             loss_out[i] = log_sums[r] * wt_sum - wtx_sum
             if grad is not None:
                 scale = row_scale[i]
-                g = grad[i]
-                a = g.dtype.type(scale * wt_sum / sums[r])
-                er = e[r]
+                a = grad.dtype.type(scale * wt_sum / sums[r])
                 for j in range(n_classes):
-                    wt = class_weight(weight, j) * ((1.0 - smoothing) * np.float64(t[j]) + eps_c)
-                    g[j] = er[j] * a - g.dtype.type(scale * wt)
+                    wt = class_weight(weight, j) * ((1.0 - smoothing) * np.float64(target[i, j]) + eps_c)
+                    grad[i, j] = e[r, j] * a - grad.dtype.type(scale * wt)
 
 
 @helper
