@@ -53,7 +53,39 @@ def _inputs(kind: str, rng, n: int, c: int, dtype) -> tuple:
         return (_probs(rng, n, c, dtype),)
     if kind == "two_dists":
         return _probs(rng, n, c, dtype), _probs(rng, n, c, dtype)
+    if kind == "soft_targets":
+        return _logits(rng, n, c, dtype), _probs(rng, n, c, dtype)
     raise ValueError(kind)
+
+
+# Options of the cross-entropy, timed as "<function>[<option>]" against the
+# plain hard-label call: what each option costs.
+VARIANTS: Dict[str, str] = {
+    "soft targets": "soft_targets",
+    "label_smoothing": "labels",
+    "weight": "labels",
+}
+
+
+def _split(name: str) -> tuple:
+    """"cross_entropy[weight]" -> ("cross_entropy", "weight"); "softmax" -> ("softmax", "")."""
+    base, _, option = name.partition("[")
+    return base, option.rstrip("]")
+
+
+def _input_kind(name: str) -> str:
+    base, option = _split(name)
+    return VARIANTS[option] if option else FUNCTIONS[base]
+
+
+def _options(name: str, c: int, dtype) -> dict:
+    """Keyword arguments of a variant (the same for every implementation)."""
+    option = _split(name)[1]
+    if option == "label_smoothing":
+        return {"label_smoothing": 0.1}
+    if option == "weight":
+        return {"weight": np.linspace(0.5, 2.0, c).astype(dtype)}
+    return {}
 
 
 # Every public function, with the family of inputs it takes.
@@ -75,17 +107,30 @@ FUNCTIONS: Dict[str, str] = {
     "cross_entropy_probs_with_grad": "two_dists",
 }
 FULL_FUNCTIONS = ["logsumexp", "softmax", "log_softmax", "cross_entropy", "cross_entropy_with_grad"]
+VARIANT_FUNCTIONS = [f"{base}[{option}]" for base in ("cross_entropy", "cross_entropy_with_grad")
+                     for option in VARIANTS]
+
+
+def _scipy_impls(name: str, args: tuple) -> Dict[str, Callable[[], object]]:
+    try:
+        import scipy.special as sp
+    except ImportError:
+        return {}
+    fns = {"logsumexp": sp.logsumexp, "softmax": sp.softmax, "log_softmax": sp.log_softmax}
+    if name not in fns:
+        return {}
+    return {"scipy": lambda: fns[name](args[0], axis=-1)}
 
 
 # ------------------------------------------------------------------- peers
-def _torch_impls(name: str, args: tuple) -> Dict[str, Callable[[], object]]:
+def _torch_impls(name: str, args: tuple, options: dict) -> Dict[str, Callable[[], object]]:
     try:
         import torch
         import torch.nn.functional as F
     except ImportError:
         return {}
-    torch.set_num_threads(torch.get_num_threads())
     t = [torch.from_numpy(np.ascontiguousarray(a)) for a in args]
+    kw = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in options.items()}
     if name == "logsumexp":
         return {"torch": lambda: torch.logsumexp(t[0], -1)}
     if name == "softmax":
@@ -93,17 +138,17 @@ def _torch_impls(name: str, args: tuple) -> Dict[str, Callable[[], object]]:
     if name == "log_softmax":
         return {"torch": lambda: torch.log_softmax(t[0], -1)}
     if name == "cross_entropy":
-        return {"torch": lambda: F.cross_entropy(t[0], t[1])}
+        return {"torch": lambda: F.cross_entropy(t[0], t[1], **kw)}
     if name == "cross_entropy_with_grad":
         def fwd_bwd():
             x = t[0].detach().requires_grad_(True)
-            F.cross_entropy(x, t[1]).backward()
+            F.cross_entropy(x, t[1], **kw).backward()
             return x.grad
         return {"torch": fwd_bwd}
     return {}
 
 
-def _jax_impls(name: str, args: tuple) -> Dict[str, Callable[[], object]]:
+def _jax_impls(name: str, args: tuple, options: dict) -> Dict[str, Callable[[], object]]:
     try:
         import jax
         import jax.numpy as jnp
@@ -112,10 +157,22 @@ def _jax_impls(name: str, args: tuple) -> Dict[str, Callable[[], object]]:
     if args[0].dtype == np.float64:
         jax.config.update("jax_enable_x64", True)
     a = [jnp.asarray(v) for v in args]
+    eps = options.get("label_smoothing", 0.0)
+    weight = jnp.asarray(options["weight"]) if "weight" in options else None
 
-    def ce(x, y):
+    def ce(x, target):
+        """The mean cross-entropy with the same options as fastxent's call."""
         lse = jax.nn.logsumexp(x, axis=-1)
-        return jnp.mean(lse - jnp.take_along_axis(x, y[:, None], axis=-1)[:, 0])
+        if target.ndim == 2:  # soft targets
+            return jnp.mean(lse - jnp.sum(target * x, axis=-1))
+        picked = jnp.take_along_axis(x, target[:, None], axis=-1)[:, 0]
+        if weight is not None:
+            w = weight[target]
+            return jnp.sum(w * (lse - picked)) / jnp.sum(w)
+        loss = lse - picked
+        if eps:
+            loss = (1.0 - eps) * loss + eps * (lse - jnp.mean(x, axis=-1))
+        return jnp.mean(loss)
 
     fns = {
         "logsumexp": lambda x: jax.nn.logsumexp(x, axis=-1),
@@ -168,14 +225,21 @@ def measure(name: str, shape: tuple, dtype, rounds: int, peers: bool, seed: int 
     """Median seconds of each implementation of ``name`` at ``shape``, interleaved."""
     n, c = shape
     rng = np.random.default_rng(seed)
-    args = _inputs(FUNCTIONS[name], rng, n, c, dtype)
+    base = _split(name)[0]
+    args = _inputs(_input_kind(name), rng, n, c, dtype)
+    options = _options(name, c, dtype)
     impls: Dict[str, Callable[[], object]] = {
-        "fastxent": lambda: getattr(fx, name)(*args),
-        "numpy": lambda: getattr(reference, name)(*args),
+        "fastxent": lambda: getattr(fx, base)(*args, **options),
+        "numpy": lambda: getattr(reference, base)(*args, **options),
     }
+    if options or _split(name)[1]:
+        # the plain hard-label call on the same logits, timed in the same rounds
+        labels = rng.integers(0, c, n)
+        impls["hard labels"] = lambda: getattr(fx, base)(args[0], labels)
+    impls.update(_scipy_impls(base, args))
     if peers:
-        impls.update(_torch_impls(name, args))
-        impls.update(_jax_impls(name, args))
+        impls.update(_torch_impls(base, args, options))
+        impls.update(_jax_impls(base, args, options))
     copy_dst = np.empty_like(args[0])
     impls["copy floor"] = lambda: np.copyto(copy_dst, args[0])
     if args[0].dtype in (np.float32, np.float64):
@@ -201,9 +265,11 @@ def _fmt_time(s: float) -> str:
 
 
 def format_table(cells: List[Cell]) -> str:
-    peers = [p for p in ("numpy", "torch", "jax") if any(p in c.seconds for c in cells)]
+    peers = [p for p in ("numpy", "scipy", "torch", "jax") if any(p in c.seconds for c in cells)]
+    variants = any("hard labels" in c.seconds for c in cells)
     head = f"{'function':<44}{'shape':>14} {'dtype':>8} {'fastxent':>12}" + "".join(
         f"{'x vs ' + p:>12}" for p in peers) + f"{'x copy':>9}{'x exp':>8}"
+    head += f"{'cost':>8}" if variants else ""
     lines = [head, "-" * len(head)]
     for c in cells:
         row = f"{c.function:<44}{'%dx%d' % c.shape:>14} {c.dtype:>8} {_fmt_time(c.seconds['fastxent']):>12}"
@@ -212,11 +278,16 @@ def format_table(cells: List[Cell]) -> str:
             row += f"{'%.2fx' % r if r else '-':>12}"
         row += f"{c.seconds['fastxent'] / c.seconds['copy floor']:>8.2f}x"
         row += f"{c.seconds['fastxent'] / c.seconds['exp floor']:>7.2f}x" if "exp floor" in c.seconds else "       -"
+        if variants:
+            hard = c.seconds.get("hard labels")
+            row += f"{c.seconds['fastxent'] / hard:>7.2f}x" if hard else "       -"
         lines.append(row)
     lines.append("")
     lines.append("'x vs peer' = peer time / fastxent time (higher is better for fastxent); "
                  "'x copy' = fastxent time / np.copyto of the input (one read + one write: the memory floor);\n"
-                 "'x exp' = fastxent time / one vectorised exp over the input into a buffer (the exp-throughput floor).")
+                 "'x exp' = fastxent time / one vectorised exp over the input into a buffer (the exp-throughput floor)."
+                 + ("\n'cost' = fastxent time with the option / fastxent time of the plain hard-label call, "
+                    "same logits, same rounds." if variants else ""))
     return "\n".join(lines)
 
 
@@ -230,7 +301,8 @@ def plot(cells: List[Cell], path: str) -> None:
     names = [n for n in ("cross_entropy", "cross_entropy_with_grad", "logsumexp", "softmax")
              if any(c.function == n for c in cells)]
     fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4.2), squeeze=False)
-    styles = {"fastxent": "o-", "numpy": "s--", "torch": "^-.", "jax": "v:", "copy floor": "k-"}
+    styles = {"fastxent": "o-", "numpy": "s--", "scipy": "d--", "torch": "^-.", "jax": "v:",
+              "copy floor": "k-"}
     for ax, name in zip(axes[0], names):
         mine = sorted((c for c in cells if c.function == name and c.dtype == "float32"),
                       key=lambda c: c.shape[1])
@@ -269,7 +341,12 @@ def main(argv: Optional[List[str]] = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
                         help=f"every public function at one shape {QUICK_SHAPE}, float32, few rounds")
-    parser.add_argument("--functions", nargs="+", choices=sorted(FUNCTIONS), help="functions to time")
+    parser.add_argument("--functions", nargs="+", choices=sorted(FUNCTIONS) + VARIANT_FUNCTIONS,
+                        metavar="FUNCTION", help="functions to time: any public loss or softmax "
+                        "function, or a cross-entropy option such as 'cross_entropy_with_grad[weight]'")
+    parser.add_argument("--variants", action="store_true",
+                        help="time the cross-entropy options (soft targets, label_smoothing, weight) "
+                             "against the plain hard-label call")
     parser.add_argument("--shapes", nargs="+", metavar="NxC", help="shapes to time, e.g. 4096x1000")
     parser.add_argument("--dtype", nargs="+", default=["float32"], choices=["float32", "float64"])
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds per cell")
@@ -288,6 +365,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.quick:
         functions = args.functions or list(FUNCTIONS)
         shapes, rounds = [QUICK_SHAPE], args.rounds or 5
+    elif args.variants:
+        functions = args.functions or VARIANT_FUNCTIONS
+        shapes, rounds = SHAPES, args.rounds or 9
     else:
         functions = args.functions or FULL_FUNCTIONS
         shapes, rounds = SHAPES, args.rounds or 9

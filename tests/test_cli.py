@@ -33,3 +33,21 @@ def test_usage(capsys):
     assert "bench" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         bench.main(["--shapes", "abc"])
+
+
+def test_bench_option_cost_column(capsys):
+    """A cross-entropy option is timed beside the plain hard-label call."""
+    assert bench.main(["--functions", "cross_entropy_with_grad[label_smoothing]",
+                       "cross_entropy[soft targets]", "--shapes", "64x10", "--rounds", "1",
+                       "--no-peers"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("cross_entropy")]
+    assert len(rows) == 2 and "cost" in out
+    assert all(row.rstrip().endswith("x") for row in rows)  # the cost ratio is filled in
+
+
+def test_bench_scipy_column(capsys):
+    pytest.importorskip("scipy")
+    assert bench.main(["--functions", "softmax", "--shapes", "64x10", "--rounds", "1",
+                       "--no-peers"]) == 0
+    assert "x vs scipy" in capsys.readouterr().out

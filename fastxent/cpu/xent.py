@@ -111,9 +111,10 @@ def _xent_soft_rows(logits, target, weight, smoothing, row_scale, loss_out, grad
             for j in range(n_classes):
                 wt = class_weight(weight, j) * ((1.0 - smoothing) * np.float64(target[i, j]) + eps_c)
                 wt_sum += wt
-                # 0 * (-inf) would be NaN: a masked class with no target mass adds 0
-                if wt != 0.0:
-                    wtx_sum += scaled_diff(wt, np.float64(logits[i, j]), np.float64(shift))
+                # 0 * (-inf) would be NaN: a masked class with no target mass
+                # adds 0 (a select, not a branch: the loop stays vectorised)
+                term = scaled_diff(wt, np.float64(logits[i, j]), np.float64(shift))
+                wtx_sum += term if wt != 0.0 else 0.0
             loss_out[i] = log_sums[r] * wt_sum - wtx_sum
             if grad is not None:
                 scale = row_scale[i]
