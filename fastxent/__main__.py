@@ -1,16 +1,18 @@
-"""Command line: ``python -m fastxent bench ...`` and ``python -m fastxent demo ...``."""
+"""Command line: ``python -m fastxent bench|bench-linear|demo ...``."""
 
 from __future__ import annotations
 
 import sys
 from typing import List, Optional
 
-USAGE = """usage: python -m fastxent {bench,demo} [options]
+USAGE = """usage: python -m fastxent {bench,bench-linear,demo} [options]
 
-  bench   time every kernel against NumPy, PyTorch and JAX (--quick, --json, --plot,
-          --device cuda); see `python -m fastxent bench --help`
-  demo    train SoftmaxRegression on the digits data and a synthetic set, beside
-          scikit-learn's LogisticRegression
+  bench         time every kernel against NumPy, PyTorch and JAX (--quick, --json, --plot,
+                --device cuda); see `python -m fastxent bench --help`
+  bench-linear  the fused linear cross-entropy's memory and speed against PyTorch, and
+                SoftmaxRegression against LogisticRegression
+  demo          train SoftmaxRegression on the digits data and a synthetic set, beside
+                scikit-learn's LogisticRegression
 """
 
 
@@ -24,6 +26,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         from fastxent import bench
 
         return bench.main(rest)
+    if command == "bench-linear":
+        from fastxent import bench_linear
+
+        return bench_linear.main(rest)
     if command == "demo":
         from fastxent import demo
 

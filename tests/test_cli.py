@@ -3,6 +3,8 @@
 
 import json
 
+import numpy as np
+
 import pytest
 
 from fastxent import __main__ as cli
@@ -51,3 +53,18 @@ def test_bench_scipy_column(capsys):
     assert bench.main(["--functions", "softmax", "--shapes", "64x10", "--rounds", "1",
                        "--no-peers"]) == 0
     assert "x vs scipy" in capsys.readouterr().out
+
+
+def test_bench_linear_runs_every_part_on_small_shapes(capsys):
+    from fastxent import bench_linear
+
+    pytest.importorskip("sklearn")
+    assert bench_linear.main(["--memory-shape", "256x16x100", "--speed-shape", "128x16x50",
+                              "--sklearn-shape", "600x8x3", "--rounds", "1"]) == 0
+    out = capsys.readouterr().out
+    for part in ("[memory]", "[speed]", "[SoftmaxRegression]", "[digits]"):
+        assert part in out
+    if bench_linear._torch_pipeline(*bench_linear._problem(4, 2, 3, np.float64)) is not None:
+        errors = [float(line.rsplit("=", 1)[1]) for line in out.splitlines()
+                  if "max |fastxent - torch|" in line]
+        assert len(errors) == 4 and max(errors) < 1e-12  # float64 agreement with autograd
