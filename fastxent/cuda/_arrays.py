@@ -225,21 +225,28 @@ def _torch_dtype(dtype: np.dtype) -> Any:
 
 
 # ------------------------------------------------------------ layouts
+@cuda.jit(device=True)
+def _strided_offset(k, offset, shape, strides):
+    """offset + sum_d i_d strides_d for the C-order multi-index (i_d) of flat
+    position k over ``shape``."""
+    ndim = len(shape)
+    rest = k
+    at = offset
+    for back in range(ndim):
+        d = ndim - 1 - back
+        at += (rest % shape[d]) * strides[d]
+        rest //= shape[d]
+    return at
+
+
 @cuda.jit
 def _gather(src, offset, shape, strides, dst):
     """dst[k] = src[offset + sum_d i_d strides_d] for the C-order multi-index
     (i_d) of k over ``shape`` (with a cast to dst's dtype)."""
     start = np.int64(cuda.blockIdx.x) * cuda.blockDim.x + cuda.threadIdx.x
     step = np.int64(cuda.gridDim.x) * cuda.blockDim.x
-    ndim = len(shape)
     for k in range(start, dst.shape[0], step):
-        rest = k
-        at = offset
-        for back in range(ndim):
-            d = ndim - 1 - back
-            at += (rest % shape[d]) * strides[d]
-            rest //= shape[d]
-        dst[k] = src[at]
+        dst[k] = src[_strided_offset(k, offset, shape, strides)]
 
 
 @cuda.jit
@@ -247,15 +254,8 @@ def _scatter(src, dst, offset, shape, strides):
     """The inverse of _gather: dst[offset + sum_d i_d strides_d] = src[k]."""
     start = np.int64(cuda.blockIdx.x) * cuda.blockDim.x + cuda.threadIdx.x
     step = np.int64(cuda.gridDim.x) * cuda.blockDim.x
-    ndim = len(shape)
     for k in range(start, src.shape[0], step):
-        rest = k
-        at = offset
-        for back in range(ndim):
-            d = ndim - 1 - back
-            at += (rest % shape[d]) * strides[d]
-            rest //= shape[d]
-        dst[at] = src[k]
+        dst[_strided_offset(k, offset, shape, strides)] = src[k]
 
 
 def _interface(dev: Any) -> tuple:
