@@ -291,6 +291,25 @@ def format_table(cells: List[Cell]) -> str:
     return "\n".join(lines)
 
 
+def format_markdown(cells: List[Cell]) -> str:
+    """The table of :func:`format_table` as Markdown (for docs/performance.md)."""
+    peers = [p for p in ("numpy", "scipy", "torch", "jax") if any(p in c.seconds for c in cells)]
+    variants = any("hard labels" in c.seconds for c in cells)
+    head = ["function", "N x C", "dtype", "fastxent"] + [f"x vs {p}" for p in peers] + ["x copy", "x exp"]
+    head += ["cost"] if variants else []
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c in cells:
+        row = [f"`{c.function}`", "%d x %d" % c.shape, c.dtype, _fmt_time(c.seconds["fastxent"]).strip()]
+        row += ["%.2f" % c.ratio(p) if c.ratio(p) else "-" for p in peers]
+        row.append("%.2f" % (c.seconds["fastxent"] / c.seconds["copy floor"]))
+        row.append("%.2f" % (c.seconds["fastxent"] / c.seconds["exp floor"]) if "exp floor" in c.seconds else "-")
+        if variants:
+            hard = c.seconds.get("hard labels")
+            row.append("%.2f" % (c.seconds["fastxent"] / hard) if hard else "-")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def plot(cells: List[Cell], path: str) -> None:
     """Time against class count for each implementation, with the copy floor."""
     import matplotlib
@@ -353,6 +372,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--no-peers", action="store_true", help="skip PyTorch and JAX")
     parser.add_argument("--json", metavar="FILE", help="write the measurements as JSON")
     parser.add_argument("--plot", metavar="FILE.png", help="plot time per element against C")
+    parser.add_argument("--markdown", metavar="FILE.md", help="write the table as Markdown")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     argv = sys.argv[1:] if argv is None else list(argv)
     if "--device" in argv and argv[argv.index("--device") + 1:][:1] == ["cuda"]:
@@ -383,6 +403,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             json.dump({"machine": platform.platform(), "cells": [c.__dict__ for c in cells]}, fh,
                       indent=1)
         print(f"wrote {args.json}", file=sys.stderr)
+    if args.markdown:
+        with open(args.markdown, "w") as fh:
+            fh.write(format_markdown(cells))
+        print(f"wrote {args.markdown}", file=sys.stderr)
     if args.plot:
         plot(cells, args.plot)
         print(f"wrote {args.plot}", file=sys.stderr)

@@ -13,8 +13,11 @@ from fastxent import bench
 
 def test_bench_table_and_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
+    md = tmp_path / "bench.md"
     assert bench.main(["--functions", "cross_entropy", "logsumexp", "--shapes", "64x10",
-                       "--rounds", "1", "--no-peers", "--json", str(out)]) == 0
+                       "--rounds", "1", "--no-peers", "--json", str(out), "--markdown", str(md)]) == 0
+    table = md.read_text().splitlines()
+    assert table[0].startswith("| function |") and len(table) == 4
     printed = capsys.readouterr()
     assert "cross_entropy" in printed.out and "x vs numpy" in printed.out
     assert "[  1/2]" in printed.err  # progress
