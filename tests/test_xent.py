@@ -309,3 +309,34 @@ def test_matches_reference_across_class_counts(rng, n_classes, ignore_index):
             # the mean/sum add up to 10^4 row losses in a different order: 1e-11
             assert_close(got[0], ref[0], rtol=1e-11, atol=1e-14)
             assert_close(got[1], ref[1], rtol=1e-11, atol=1e-15)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_classes", [10, 300, 5000])
+@pytest.mark.parametrize("smoothing,weighted", [(0.0, False), (0.2, True)])
+def test_target_logit_far_below_the_max(rng, dtype, n_classes, smoothing, weighted):
+    """Hard-label rows are shifted by their target logit first; where that
+    overflows the sum (target far below the max) the row must fall back to
+    the max shift and still match the float64 reference.  Rows of one block
+    mix both cases, and an ignored row, a -inf target and a NaN row."""
+    gaps = [0.0, 50.0, 88.0, 100.0, 800.0, 1e4, 1e30]
+    rows = 3 * len(gaps) + 3
+    x = (rng.standard_normal((rows, n_classes)) * 2).astype(dtype)
+    y = rng.integers(0, n_classes, rows)
+    for r, gap in enumerate(gaps * 3):
+        x[r, y[r]] = x[r].max() - gap
+    x[rows - 3, y[rows - 3]] = -np.inf
+    x[rows - 2, 0] = np.nan
+    y[rows - 1] = -100
+    weight = np.linspace(0.5, 1.5, n_classes) if weighted else None
+    kw = dict(reduction="none", label_smoothing=smoothing, weight=weight)
+    with np.errstate(all="ignore"):
+        loss, grad = fx.cross_entropy_with_grad(x, y, **kw)
+        ref_loss, ref_grad = reference.cross_entropy_with_grad(as64(x), y, **kw)
+        fwd = fx.cross_entropy(x, y, **kw)
+    tol = dict(rtol=2e-6, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-14)
+    assert_close(loss, ref_loss, **tol)
+    assert_close(fwd, ref_loss, **tol)
+    assert_close(grad, ref_grad, **tol)
+    assert np.isposinf(loss[rows - 3]) and np.isnan(loss[rows - 2]) and loss[rows - 1] == 0
+    assert np.isfinite(loss[:rows - 3]).all() and np.isfinite(grad[:rows - 2]).all()

@@ -9,8 +9,14 @@ exponentiated in one flat loop over the whole block, so that the exp is fully
 vectorised; long rows take a max pass (at memory speed) and a fused
 subtract-exp pass over the cached row.  The max shift is what makes the
 invariants exact: exp(0) = 1 for the max, so every sum is >= 1, log_softmax
-= (x - max) - log(sum) <= 0, cross-entropy >= 0, and a one-class row gives
-exactly 0.
+= (x - max) - log(sum) <= 0, and a one-class row gives exactly 0.
+
+Cross-entropy rows with a hard label y are shifted by their target logit
+x_y instead (``labels`` given): the loss is then log sum_j exp(x_j - x_y),
+>= 0 exactly and free of cancellation, and the max pass is skipped -- a
+third of the work at 10 classes.  When x_y is so far below the row's max
+that the sum overflows (or the row holds inf / NaN), the row is redone with
+the max shift (``redo_with_max``), so the result is the max-shift one.
 
 Sums accumulate in the input dtype over blocks of ``SUM_BLOCK`` elements (LLVM
 keeps 32 partial sums per vector loop, so a float32 partial sum holds at most
@@ -97,6 +103,18 @@ def row_shift(x, i, finite_shift):
 
 
 @helper
+def first_shift(x, i, labels, ignore_index, finite_shift):
+    """The shift tried first for row i: its target logit x[i, labels[i]] for a
+    cross-entropy row (``labels`` not None, label not ignored), else the max
+    (:func:`row_shift`).  See the module docstring."""
+    if labels is not None:
+        y = labels[i]
+        if y != ignore_index:
+            return x[i, y]
+    return row_shift(x, i, finite_shift)
+
+
+@helper
 def logs_of(sums, log_sums):
     """log_sums[r] = log(sums[r]): one vectorised loop over a block's rows."""
     for r in range(sums.shape[0]):
@@ -104,14 +122,32 @@ def logs_of(sums, log_sums):
 
 
 @helper
-def sum_exp_rows(x, start, stop, shifts, sums, log_sums, finite_shift):
+def sum_exp_rows(x, start, stop, shifts, sums, log_sums, finite_shift, labels, ignore_index):
     """shifts, sums and log_sums as :func:`exp_rows` gives them, without
     storing the exponentials: for long rows when only the normaliser is needed."""
     for r in range(stop - start):
-        shift = row_shift(x, start + r, finite_shift)
+        i = start + r
+        shift = first_shift(x, i, labels, ignore_index, finite_shift)
+        total = row_sum_exp(x, i, shift)
+        if labels is not None and not math.isfinite(total):  # see redo_with_max
+            shift = row_shift(x, i, finite_shift)
+            total = row_sum_exp(x, i, shift)
         shifts[r] = shift
-        sums[r] = row_sum_exp(x, start + r, shift)
+        sums[r] = total
     logs_of(sums, log_sums)
+
+
+@helper
+def redo_with_max(x, start, e, shifts, sums, finite_shift):
+    """Rows of a block whose target-logit shift overflowed the sum (the
+    target far below the max) or met inf / NaN: exponentials and sum again
+    with the max shift.  Rare; a row that is fine is only tested."""
+    for r in range(sums.shape[0]):
+        if not math.isfinite(sums[r]):
+            shift = row_shift(x, start + r, finite_shift)
+            shifts[r] = shift
+            exp_into(x, start + r, shift, e, r)
+            sums[r] = row_sum(e, r)
 
 
 @helper
@@ -124,13 +160,15 @@ def exp_into(x, i, shift, e, r):
 
 
 @helper
-def exp_rows(x, start, stop, e, shifts, sums, log_sums, finite_shift):
+def exp_rows(x, start, stop, e, shifts, sums, log_sums, finite_shift, labels, ignore_index):
     """For rows start..stop of x: shifts[r] = the row max (see row_shift),
     e[r, :] = exp(x[start + r] - shifts[r]), sums[r] = the sum of that row of
     e (float64, >= 1 for finite rows) and log_sums[r] = log(sums[r]).
     The row's logsumexp is shifts[r] + log_sums[r]; quantities relative to it
     are computed as (x - shift) - log_sum, exact also when |shift| is huge
     (1e30).  ``e`` is a (stop - start, C) C-contiguous scratch array.
+    With ``labels`` (hard-label cross-entropy) the shift is the target logit
+    where that works (see the module docstring).
 
     Rows are addressed as x[i, j], never as row views x[i]: building a view
     per row (and a call per row into a non-inlined helper) cost more than
@@ -139,14 +177,14 @@ def exp_rows(x, start, stop, e, shifts, sums, log_sums, finite_shift):
     n_rows = stop - start
     if n_classes >= LONG_ROW:
         for r in range(n_rows):
-            shift = row_shift(x, start + r, finite_shift)
+            shift = first_shift(x, start + r, labels, ignore_index, finite_shift)
             shifts[r] = shift
             exp_into(x, start + r, shift, e, r)
         for r in range(n_rows):
             sums[r] = row_sum(e, r)
     else:
         for r in range(n_rows):
-            shift = row_shift(x, start + r, finite_shift)
+            shift = first_shift(x, start + r, labels, ignore_index, finite_shift)
             shifts[r] = shift
             for j in range(n_classes):
                 e[r, j] = x[start + r, j] - shift
@@ -155,6 +193,8 @@ def exp_rows(x, start, stop, e, shifts, sums, log_sums, finite_shift):
             flat_e[k] = fast_exp(flat_e[k])
         for r in range(n_rows):
             sums[r] = short_row_sum(e, r)
+    if labels is not None:
+        redo_with_max(x, start, e, shifts, sums, finite_shift)
     logs_of(sums, log_sums)
 
 
@@ -166,17 +206,18 @@ def task_scratch(x, rows):
 
 
 @helper
-def block_exps(x, start, stop, keep_exps, finite_shift):
+def block_exps(x, start, stop, keep_exps, finite_shift, labels=None, ignore_index=0):
     """(e, shifts, sums, log_sums) of :func:`exp_rows` for rows start..stop,
     in fresh per-task buffers.  Unless ``keep_exps``, long rows are summed
-    without storing their exponentials (e then has no rows)."""
+    without storing their exponentials (e then has no rows).  ``labels``:
+    hard-label cross-entropy rows, shifted by their target logit."""
     if x.shape[1] >= LONG_ROW and not keep_exps:
         e, shifts, sums, log_sums = task_scratch(x, 0)
         shifts = np.empty(stop - start, dtype=x.dtype)
         sums = np.empty(stop - start)
         log_sums = np.empty(stop - start)
-        sum_exp_rows(x, start, stop, shifts, sums, log_sums, finite_shift)
+        sum_exp_rows(x, start, stop, shifts, sums, log_sums, finite_shift, labels, ignore_index)
         return e, shifts, sums, log_sums
     e, shifts, sums, log_sums = task_scratch(x, stop - start)
-    exp_rows(x, start, stop, e, shifts, sums, log_sums, finite_shift)
+    exp_rows(x, start, stop, e, shifts, sums, log_sums, finite_shift, labels, ignore_index)
     return e, shifts, sums, log_sums

@@ -33,7 +33,7 @@ def _softmax_rows(x, out, log, rows_per_task):
             shifts = np.empty(stop - start, dtype=x.dtype)
             sums = np.empty(stop - start)
             log_sums = np.empty(stop - start)
-            exp_rows(x, start, stop, out[start:stop], shifts, sums, log_sums, False)
+            exp_rows(x, start, stop, out[start:stop], shifts, sums, log_sums, False, None, 0)
         for r in range(stop - start):
             i = start + r
             if log:

@@ -68,7 +68,8 @@ def _xent_hard_rows(logits, labels, weight, weight_total, ignore_index, smoothin
     eps_c = smoothing / n_classes if n_classes > 0 else 0.0
     for task in prange((n_rows + rows_per_task - 1) // rows_per_task):
         start, stop = task_rows(task, rows_per_task, n_rows)
-        e, shifts, sums, log_sums = block_exps(logits, start, stop, grad is not None, False)
+        e, shifts, sums, log_sums = block_exps(logits, start, stop, grad is not None, False,
+                                               labels, ignore_index)
         for r in range(stop - start):
             i = start + r
             y = labels[i]
