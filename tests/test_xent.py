@@ -256,8 +256,10 @@ def test_out_and_in_place_against_torch(rng, soft, reduction):
 
 @pytest.mark.parametrize("soft", [False, True])
 def test_float32_against_torch_float32(rng, soft):
-    """fastxent in float32 is at least as close to the float64 truth as
-    PyTorch in float32 is (within a small factor), and within 1e-5."""
+    """fastxent in float32 is about as close to the float64 truth as PyTorch
+    in float32 is: within 4x PyTorch's error or a few float32 ulps (8 ulps
+    of the largest gradient entry: a float32 sum over the 1000 classes done
+    naively would miss that), and within 1e-5."""
     torch = pytest.importorskip("torch")
     logits, target = _problem(rng, batch=(64,), n_classes=1000, soft=soft, ignore=False)
     kw = dict(label_smoothing=0.1, reduction="none")
@@ -271,7 +273,8 @@ def test_float32_against_torch_float32(rng, soft):
     t_err = np.max(np.abs(t32_loss - truth_loss) / np.abs(truth_loss))
     assert err < max(4 * t_err, 1e-6) and err < 1e-5
     scale = np.abs(truth_grad).max()
-    assert np.max(np.abs(grad - truth_grad)) < max(4 * np.max(np.abs(t32_grad - truth_grad)), 1e-7 * scale)
+    assert np.max(np.abs(grad - truth_grad)) < max(4 * np.max(np.abs(t32_grad - truth_grad)),
+                                                        8 * np.finfo(np.float32).eps * scale)
 
 
 # ----------------------------------------------------- finite differences, more

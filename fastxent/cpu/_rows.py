@@ -18,10 +18,11 @@ third of the work at 10 classes.  When x_y is so far below the row's max
 that the sum overflows (or the row holds inf / NaN), the row is redone with
 the max shift (``redo_with_max``), so the result is the max-shift one.
 
-Sums accumulate in the input dtype over blocks of ``SUM_BLOCK`` elements (LLVM
-keeps 32 partial sums per vector loop, so a float32 partial sum holds at most
-64 terms) and the block sums in float64: float32 results stay within 1e-5 of
-the float64 reference for any class count, at float32 vector speed.
+Sums accumulate in the input dtype over blocks of ``SUM_BLOCK`` elements and
+the block sums in float64: float32 results stay within 1e-5 of the float64
+reference for any class count, at float32 vector speed.  The block is short
+enough that this holds without vectorisation too (NUMBA_BOUNDSCHECK=1 builds
+sum each block serially); vectorised, each partial sum holds about 8 terms.
 """
 
 import math
@@ -31,7 +32,7 @@ import numpy as np
 from fastxent._jit import helper
 from fastxent.cpu._fastmath import fast_exp, fast_log, maxnum
 
-SUM_BLOCK = 2048
+SUM_BLOCK = 256
 # Rows at least this long are summed without storing the exponentials when
 # only the sums are needed (the flat block pass pays off for short rows).
 LONG_ROW = 256
