@@ -67,16 +67,15 @@ class Rows:
     __slots__: it is built on every call, and a (64, 10) call must take
     microseconds.)"""
 
-    __slots__ = ("shape", "axes", "perm", "batch_shape", "n_rows", "n_classes")
+    __slots__ = ("shape", "axes", "perm", "batch_shape", "n_rows", "n_classes", "is_identity")
 
     def __init__(self, shape: tuple, axes: tuple, perm: tuple, batch_shape: tuple,
-                 n_rows: int, n_classes: int):
+                 n_rows: int, n_classes: int, is_identity: Optional[bool] = None):
         self.shape, self.axes, self.perm = shape, axes, perm
         self.batch_shape, self.n_rows, self.n_classes = batch_shape, n_rows, n_classes
+        # True when no transpose is needed
+        self.is_identity = perm == tuple(range(len(shape))) if is_identity is None else is_identity
 
-    @property
-    def is_identity(self) -> bool:
-        return self.perm == tuple(range(len(self.shape)))
 
     def restore_rows(self, values: np.ndarray, keepdims: bool = False) -> np.ndarray:
         """(rows,) results back to the batch shape (with size-1 axes if keepdims)."""
@@ -100,7 +99,7 @@ def rows_layout(shape: tuple, axis: Axis) -> Rows:
         # fast path: the class axis is already last
         batch_shape = tuple(shape[:-1])
         return Rows(tuple(shape), (ndim - 1,), tuple(range(ndim)), batch_shape,
-                    math.prod(batch_shape), shape[-1])
+                    math.prod(batch_shape), shape[-1], True)
     if axis is None:
         axes = tuple(range(ndim))
     else:
@@ -152,6 +151,8 @@ def check_label_smoothing(label_smoothing: float) -> float:
 
 
 def check_ignore_index(ignore_index: Any) -> int:
+    if type(ignore_index) is int:  # the usual call, fast
+        return ignore_index
     if isinstance(ignore_index, (bool, np.bool_)) or not isinstance(ignore_index, (int, np.integer)):
         raise ValueError(f"ignore_index must be an int, got {ignore_index!r}")
     return int(ignore_index)
@@ -211,20 +212,27 @@ def grad_row_scale(grad_output: Any, reduction: str, batch_shape: tuple, denomin
     """The per-row factor of the gradient: grad_output, divided by the mean's
     denominator; a float64 vector with one entry per row."""
     n_rows = math.prod(batch_shape)
-    if grad_output is None:
-        g: Any = 1.0
-    else:
-        g = np.asarray(grad_output)
-        compute_dtype(g.dtype, name)
-        if reduction == "none":
-            if g.ndim != 0 and g.shape != tuple(batch_shape):
-                raise ValueError(
-                    f"{name} for reduction='none' must be a scalar or have the loss's shape "
-                    f"{tuple(batch_shape)}, got {g.shape}"
-                )
-        elif g.ndim != 0:
-            raise ValueError(f"{name} for reduction={reduction!r} must be a scalar, got shape {g.shape}")
-        g = np.asarray(g, dtype=np.float64)
+    if grad_output is None or type(grad_output) in (float, int):
+        # fast path for the usual call (a (64, 10) call must take microseconds):
+        # Python floats, with NumPy's x / 0 = +-inf, 0 / 0 = NaN
+        g = float(1.0 if grad_output is None else grad_output)
+        if reduction == "mean":
+            g = g / denominator if denominator else (math.nan if g == 0 or math.isnan(g)
+                                                     else math.copysign(math.inf, g))
+        scale = np.empty(n_rows)
+        scale.fill(g)  # (np.full costs a microsecond more)
+        return scale
+    g = np.asarray(grad_output)
+    compute_dtype(g.dtype, name)
+    if reduction == "none":
+        if g.ndim != 0 and g.shape != tuple(batch_shape):
+            raise ValueError(
+                f"{name} for reduction='none' must be a scalar or have the loss's shape "
+                f"{tuple(batch_shape)}, got {g.shape}"
+            )
+    elif g.ndim != 0:
+        raise ValueError(f"{name} for reduction={reduction!r} must be a scalar, got shape {g.shape}")
+    g = np.asarray(g, dtype=np.float64)
     if reduction == "mean":
         with np.errstate(divide="ignore", invalid="ignore"):
             g = np.float64(g) / np.float64(denominator)
