@@ -70,12 +70,10 @@ class Rows:
     __slots__ = ("shape", "axes", "perm", "batch_shape", "n_rows", "n_classes", "is_identity")
 
     def __init__(self, shape: tuple, axes: tuple, perm: tuple, batch_shape: tuple,
-                 n_rows: int, n_classes: int, is_identity: Optional[bool] = None):
+                 n_rows: int, n_classes: int):
         self.shape, self.axes, self.perm = shape, axes, perm
         self.batch_shape, self.n_rows, self.n_classes = batch_shape, n_rows, n_classes
-        # True when no transpose is needed
-        self.is_identity = perm == tuple(range(len(shape))) if is_identity is None else is_identity
-
+        self.is_identity = perm == tuple(range(len(shape)))  # no transpose needed
 
     def restore_rows(self, values: np.ndarray, keepdims: bool = False) -> np.ndarray:
         """(rows,) results back to the batch shape (with size-1 axes if keepdims)."""
@@ -99,7 +97,7 @@ def rows_layout(shape: tuple, axis: Axis) -> Rows:
         # fast path: the class axis is already last
         batch_shape = tuple(shape[:-1])
         return Rows(tuple(shape), (ndim - 1,), tuple(range(ndim)), batch_shape,
-                    math.prod(batch_shape), shape[-1], True)
+                    math.prod(batch_shape), shape[-1])
     if axis is None:
         axes = tuple(range(ndim))
     else:
@@ -212,32 +210,27 @@ def grad_row_scale(grad_output: Any, reduction: str, batch_shape: tuple, denomin
     """The per-row factor of the gradient: grad_output, divided by the mean's
     denominator; a float64 vector with one entry per row."""
     n_rows = math.prod(batch_shape)
+    scale = np.empty(n_rows)
     if grad_output is None or type(grad_output) in (float, int):
-        # fast path for the usual call (a (64, 10) call must take microseconds):
-        # Python floats, with NumPy's x / 0 = +-inf, 0 / 0 = NaN
-        g = float(1.0 if grad_output is None else grad_output)
-        if reduction == "mean":
-            g = g / denominator if denominator else (math.nan if g == 0 or math.isnan(g)
-                                                     else math.copysign(math.inf, g))
-        scale = np.empty(n_rows)
-        scale.fill(g)  # (np.full costs a microsecond more)
-        return scale
-    g = np.asarray(grad_output)
-    compute_dtype(g.dtype, name)
-    if reduction == "none":
-        if g.ndim != 0 and g.shape != tuple(batch_shape):
-            raise ValueError(
-                f"{name} for reduction='none' must be a scalar or have the loss's shape "
-                f"{tuple(batch_shape)}, got {g.shape}"
-            )
-    elif g.ndim != 0:
-        raise ValueError(f"{name} for reduction={reduction!r} must be a scalar, got shape {g.shape}")
-    g = np.asarray(g, dtype=np.float64)
-    if reduction == "mean":
-        with np.errstate(divide="ignore", invalid="ignore"):
-            g = np.float64(g) / np.float64(denominator)
-    scale = np.empty(n_rows, dtype=np.float64)
-    scale[...] = np.reshape(g, -1) if np.ndim(g) else g
+        g = float(1.0 if grad_output is None else grad_output)  # the usual call: no 0-d arrays
+    else:
+        a = np.asarray(grad_output)
+        compute_dtype(a.dtype, name)
+        if reduction == "none" and a.ndim != 0:
+            if a.shape != tuple(batch_shape):
+                raise ValueError(
+                    f"{name} for reduction='none' must be a scalar or have the loss's shape "
+                    f"{tuple(batch_shape)}, got {a.shape}"
+                )
+            scale[...] = a.reshape(-1)
+            return scale
+        if a.ndim != 0:
+            raise ValueError(f"{name} for reduction={reduction!r} must be a scalar, got shape {a.shape}")
+        g = float(a)
+    if reduction == "mean":  # NumPy's x / 0 = +-inf and 0 / 0 = NaN (no rows kept)
+        g = g / denominator if denominator else (math.nan if g == 0 or math.isnan(g)
+                                                 else math.copysign(math.inf, g))
+    scale.fill(g)  # (np.full costs a microsecond more on a (64, 10) call)
     return scale
 
 
