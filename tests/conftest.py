@@ -26,6 +26,16 @@ def assert_close(got, expected, rtol, atol=0.0):
     got = np.asarray(got, dtype=np.float64)
     expected = np.asarray(expected, dtype=np.float64)
     assert got.shape == expected.shape, (got.shape, expected.shape)
+    if np.ndim(atol):  # a bound per element (numpy's own message wants a scalar)
+        atol = np.broadcast_to(atol, got.shape)
+        both_nan = np.isnan(got) & np.isnan(expected)
+        with np.errstate(invalid="ignore"):  # inf - inf: caught by got == expected
+            ok = both_nan | (got == expected) | (np.abs(got - expected) <= atol + rtol * np.abs(expected))
+        bad = np.flatnonzero(~ok)
+        assert bad.size == 0, (f"{bad.size} of {got.size} elements differ, first at flat index "
+                               f"{bad[0]}: {got.flat[bad[0]]!r} vs {expected.flat[bad[0]]!r} "
+                               f"(atol {atol.flat[bad[0]]:g}, rtol {rtol:g})") if bad.size else ""
+        return
     np.testing.assert_allclose(got, expected, rtol=rtol, atol=atol, equal_nan=True)
 
 

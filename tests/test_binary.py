@@ -13,6 +13,16 @@ from tests.conftest import assert_close, numeric_grad
 REDUCTIONS = ["mean", "sum", "none"]
 
 
+def _logits_loss_atol(logits, target, weight=None, pos_weight=None):
+    """Absolute rounding bound of the logits loss per element: it adds terms
+    of size |x| that cancel (to 3e-5 from terms of 8, say), so float64
+    rounding is a few ulps of the terms, not of the result."""
+    w = 1.0 if weight is None else np.abs(weight)
+    lw = 1.0 + ((1.0 if pos_weight is None else pos_weight) - 1.0) * target
+    terms = w * (np.abs((1 - target) * logits) + np.abs(lw) * (np.abs(logits) + 1.0))
+    return 16 * np.finfo(np.float64).eps * np.where(np.isfinite(terms), terms, 0.0)
+
+
 def _inputs(rng, shape=(9, 4)):
     probs = rng.uniform(0.001, 0.999, shape)
     probs.reshape(-1)[:3] = [0.0, 1.0, 1e-300]  # clamped logs
@@ -172,7 +182,8 @@ def test_matches_reference_with_options(rng, reduction):
     kw = dict(weight=weight, pos_weight=pos_weight, reduction=reduction)
     got = fx.binary_cross_entropy_with_logits_with_grad(logits, target, grad_output=upstream, **kw)
     ref = reference.binary_cross_entropy_with_logits_with_grad(logits, target, grad_output=upstream, **kw)
-    assert_close(got[0], ref[0], rtol=1e-12, atol=1e-300)
+    atol = _logits_loss_atol(logits, target, weight, pos_weight) if reduction == "none" else 1e-300
+    assert_close(got[0], ref[0], rtol=1e-12, atol=atol)
     assert_close(got[1], ref[1], rtol=1e-12, atol=1e-15)
 
 
@@ -197,3 +208,33 @@ def test_logits_agree_with_probs_of_sigmoid(rng):
     # chain rule: d/dx = d/dp * p (1 - p)
     assert_close(fx.binary_cross_entropy_with_logits_with_grad(x, target)[1],
                  fx.binary_cross_entropy_with_grad(probs, target)[1] * probs * (1 - probs), rtol=1e-11, atol=1e-16)
+
+
+@pytest.mark.parametrize("n", [1, 511, 512, 513, 16383, 16385, 70003])
+def test_sizes_across_block_and_task_edges(rng, n):
+    """The kernels work through blocks of BLOCK elements inside tasks of
+    TASK_ELEMENTS; every element, at every edge, serial (n < 65536) and
+    parallel, matches the reference, nasty values at the edges included."""
+    from fastxent._config import TASK_ELEMENTS
+    from fastxent.cpu.binary import BLOCK
+
+    probs = rng.uniform(0.0, 1.0, n)
+    logits = rng.standard_normal(n) * 20
+    target = rng.random(n)
+    weight = rng.random(n) + 0.5
+    edges = [i for i in (0, BLOCK - 1, BLOCK, TASK_ELEMENTS - 1, TASK_ELEMENTS, n - 1) if i < n]
+    probs[edges] = [0.0, 1.0, 1e-300, 0.5, 1.0 - 1e-16, 0.0][:len(edges)]
+    logits[edges] = [np.inf, -np.inf, 800.0, np.nan, -1e30, 0.0][:len(edges)]
+    upstream = rng.random(n)
+    for fn, values, kw in ((fx.binary_cross_entropy_with_grad, probs, {}),
+                           (fx.binary_cross_entropy_with_logits_with_grad, logits,
+                            dict(pos_weight=rng.random(n) * 3))):
+        ref_fn = getattr(reference, fn.__name__)
+        got = fn(values, target, weight=weight, reduction="none", grad_output=upstream, **kw)
+        ref = ref_fn(values, target, weight=weight, reduction="none", grad_output=upstream, **kw)
+        atol = _logits_loss_atol(values, target, weight, kw["pos_weight"]) if kw else 1e-300
+        assert_close(got[0], ref[0], rtol=1e-12, atol=atol)
+        assert_close(got[1], ref[1], rtol=1e-12, atol=1e-15)
+        got_sum = fn(values, target, weight=weight, reduction="sum", **kw)[0]
+        ref_sum = ref_fn(values, target, weight=weight, reduction="sum", **kw)[0]
+        assert_close(got_sum, ref_sum, rtol=1e-12)
