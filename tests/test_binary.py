@@ -270,3 +270,27 @@ def test_sizes_across_block_and_task_edges(rng, n):
         got_sum = fn(values, target, weight=weight, reduction="sum", **kw)[0]
         ref_sum = ref_fn(values, target, weight=weight, reduction="sum", **kw)[0]
         assert_close(got_sum, ref_sum, rtol=1e-12)
+
+
+@pytest.mark.parametrize("n", [5000, 70_000])  # the serial and the parallel kernel
+@pytest.mark.parametrize("from_logits", [False, True])
+def test_loss_sum_does_not_depend_on_where_the_gradient_lies(rng, from_logits, n):
+    """The element loop is vectorised behind a run-time check that the
+    gradient does not overlap the inputs; when the gradient starts a few
+    elements after the weights, the check fails and scalar code runs.  The
+    summed loss must be the same bits either way (it once was not: the sum
+    lived in that loop and changed its order)."""
+    from fastxent.cpu.binary import bce_flat
+
+    values = rng.standard_normal(n) * 4 if from_logits else rng.random(n)
+    target, weight = rng.random(n), rng.random(n) + 0.1
+    pos_weight = rng.random(n) * 3 if from_logits else None
+    far = np.empty(n)
+    expected = bce_flat(values, target, weight, pos_weight, from_logits, None, 1.0, None, far, 4096)
+    for gap in range(0, 9):  # gradient right after the weights, 0..8 elements apart
+        buf = np.empty(2 * n + gap)
+        buf[:n] = weight
+        grad = buf[n + gap:]
+        got = bce_flat(values, target, buf[:n], pos_weight, from_logits, None, 1.0, None, grad, 4096)
+        assert got == expected, gap
+        np.testing.assert_array_equal(grad, far)

@@ -120,11 +120,19 @@ def _bce_template(first, second, combine):
                         optional_at(pos_weight, k, 1.0), a[i], b[i])
                     n_bad += out_of_range
                     if loss_out is None:
-                        total += loss
+                        a[i] = loss  # a[i] is used up: it now holds the loss
                     else:
                         loss_out[k] = loss
                     if grad is not None:
                         grad[k] = d * scale * optional_at(grad_scale, k, 1.0)
+                if loss_out is None:
+                    # Summed in a loop of its own: the loop above is vectorised
+                    # behind a run-time check that the output does not overlap
+                    # the inputs, and falls back to scalar code (another order
+                    # of the sum) when the heap happens to place them close.
+                    # This loop only reads scratch, so its order never changes.
+                    for i in range(m):
+                        total += a[i]
             partial[task] = total
             bad[task] = n_bad
 
