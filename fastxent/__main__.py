@@ -23,15 +23,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     if command == "bench":
-        from fastxent import bench
+        from fastxent.tools import bench
 
         return bench.main(rest)
     if command == "bench-linear":
-        from fastxent import bench_linear
+        from fastxent.tools import bench_linear
 
         return bench_linear.main(rest)
     if command == "demo":
-        from fastxent import demo
+        from fastxent.tools import demo
 
         return demo.main(rest)
     print(USAGE, file=sys.stderr)

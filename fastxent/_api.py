@@ -17,7 +17,7 @@ from numpy.typing import ArrayLike
 
 from fastxent import _checks as checks
 from fastxent._backend import dispatch
-from fastxent._config import TASK_ELEMENTS, rows_per_task
+from fastxent.cpu._config import TASK_ELEMENTS, rows_per_task
 from fastxent.cpu import binary as binary_kernels
 from fastxent.cpu import divergence as divergence_kernels
 from fastxent.cpu import softmax as softmax_kernels

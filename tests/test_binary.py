@@ -246,7 +246,7 @@ def test_sizes_across_block_and_task_edges(rng, n):
     """The kernels work through blocks of BLOCK elements inside tasks of
     TASK_ELEMENTS; every element, at every edge, serial (n < 65536) and
     parallel, matches the reference, nasty values at the edges included."""
-    from fastxent._config import TASK_ELEMENTS
+    from fastxent.cpu._config import TASK_ELEMENTS
     from fastxent.cpu.binary import BLOCK
 
     probs = rng.uniform(0.0, 1.0, n)

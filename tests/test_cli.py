@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fastxent import __main__ as cli
-from fastxent import bench
+from fastxent.tools import bench
 
 
 def test_bench_table_and_json(tmp_path, capsys):
@@ -59,7 +59,7 @@ def test_bench_scipy_column(capsys):
 
 
 def test_bench_linear_runs_every_part_on_small_shapes(capsys):
-    from fastxent import bench_linear
+    from fastxent.tools import bench_linear
 
     pytest.importorskip("sklearn")
     assert bench_linear.main(["--memory-shape", "256x16x100", "--speed-shape", "128x16x50",

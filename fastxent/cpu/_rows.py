@@ -29,7 +29,7 @@ import math
 
 import numpy as np
 
-from fastxent._jit import helper
+from fastxent.cpu._jit import helper
 from fastxent.cpu._fastmath import fast_exp, fast_log, maxnum
 
 SUM_BLOCK = 256

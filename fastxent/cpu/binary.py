@@ -14,7 +14,7 @@ after the kernel: the kernel writes only into buffers that the caller owns.
 import numpy as np
 from numba import prange
 
-from fastxent._jit import helper, specialise
+from fastxent.cpu._jit import helper, specialise
 from fastxent.cpu._fastmath import fast_exp, fast_log, fast_log1p
 
 

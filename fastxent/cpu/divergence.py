@@ -10,7 +10,7 @@ Gradients: dH/dp = -(log p + 1); dKL/dq = dH(p,q)/dq = -p/q (0 where p = 0).
 import numpy as np
 from numba import prange
 
-from fastxent._jit import helper, specialise
+from fastxent.cpu._jit import helper, specialise
 from fastxent.cpu._fastmath import fast_log
 from fastxent.cpu._rows import task_rows
 

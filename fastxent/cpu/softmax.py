@@ -6,7 +6,7 @@ Inputs are validated 2-D C-contiguous (rows, classes) float32/float64 arrays.
 import numpy as np
 from numba import prange
 
-from fastxent._jit import kernel
+from fastxent.cpu._jit import kernel
 from fastxent.cpu._fastmath import diff_minus
 from fastxent.cpu._rows import block_exps, exp_rows, task_rows
 

@@ -25,7 +25,7 @@ import math
 import numpy as np
 from numba import prange
 
-from fastxent._jit import helper, kernel
+from fastxent.cpu._jit import helper, kernel
 from fastxent.cpu._fastmath import diff_minus, scaled_diff
 from fastxent.cpu._rows import block_exps, task_rows
 

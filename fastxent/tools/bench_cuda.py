@@ -1,7 +1,7 @@
 """GPU benchmark: fastxent's CUDA kernels against PyTorch, with CUDA events.
 
     python -m fastxent bench --device cuda [--quick] [--markdown docs/gpu.md]
-    python -m fastxent.cuda.bench --shapes 8192x32000 65536x10 --json out.json
+    python -m fastxent.tools.bench_cuda --shapes 8192x32000 65536x10 --json out.json
 
 For each shape (default: 8192x32000 and 16384x131072 in float32 -- LLM
 vocabularies -- and 65536x10), on PyTorch CUDA tensors:

@@ -22,7 +22,7 @@ from numba import prange
 
 import fastxent as fx
 from fastxent import reference
-from fastxent._jit import kernel
+from fastxent.cpu._jit import kernel
 from fastxent.cpu._fastmath import fast_exp
 
 SHAPES = [(65536, 10), (4096, 1000), (1024, 32000), (256, 128000)]
@@ -377,7 +377,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if "--device" in argv and argv[argv.index("--device") + 1:][:1] == ["cuda"]:
         # the GPU benchmark has options of its own: hand it everything else
-        from fastxent.cuda import bench as cuda_bench
+        from fastxent.tools import bench_cuda as cuda_bench
 
         k = argv.index("--device")
         return cuda_bench.main(argv[:k] + argv[k + 2:])

@@ -193,7 +193,7 @@ def measure_agreement() -> Dict[str, float]:
 
 
 def _objective(model, X, y, l2: float) -> float:
-    from fastxent.demo import _objective as objective
+    from fastxent.tools.demo import _objective as objective
 
     return objective(model, X, y, l2)
 

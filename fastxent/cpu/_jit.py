@@ -25,7 +25,7 @@ import numba
 from numba import njit
 from numba.core import caching
 
-from fastxent import _config
+from fastxent.cpu import _config
 from fastxent.cpu._fastmath import FASTMATH
 
 
