@@ -267,10 +267,13 @@ def _fast_log_overload(x):
 
 @njit(fastmath=_EXP_FASTMATH, error_model="numpy")
 def fast_log1p(x):
-    """log(1 + x) for float64 x > -1, vectorisable.
+    """log(1 + x) for float64 x, vectorisable; -inf at x = -1, inf at
+    x = inf, NaN below -1 and for NaN.
 
     u = 1 + x rounds; the first-order correction ((u - 1) - x) / u restores
     what the rounding lost (the classic log1p trick; these instructions carry
-    no ``reassoc`` flag, so it is not folded away)."""
+    no ``reassoc`` flag, so it is not folded away).  At u = 0 or inf the
+    correction would be NaN: log(u) is the answer there."""
     u = 1.0 + x
-    return _log_f64(u) - ((u - 1.0) - x) / u
+    y = _log_f64(u) - ((u - 1.0) - x) / u
+    return _log_f64(u) if (u == 0.0 or u == np.inf) else y
