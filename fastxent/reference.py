@@ -271,13 +271,16 @@ def _divergence(p, q, axis, kl):
     a, b, result = _pair(p, q)
     axes = _axes(a, axis)
     with np.errstate(divide="ignore", invalid="ignore"):
-        if kl:  # scipy.special.rel_entr
-            terms = np.where((a > 0) & (b > 0), a * np.log(a / b),
+        if kl:  # scipy.special.rel_entr; log p - log q where p/q over- or underflows
+            ratio = a / b
+            in_range = (ratio < np.inf) & (ratio >= np.finfo(ratio.dtype).tiny)
+            log_ratio = np.where(in_range, np.log(ratio), np.log(a) - np.log(b))
+            terms = np.where((a > 0) & (b > 0), a * log_ratio,
                              np.where((a == 0) & (b >= 0), 0.0, np.inf))
         else:  # -scipy.special.xlogy(p, q)
             terms = np.where(a == 0, 0.0, -a * np.log(b))
         terms = np.where(np.isnan(a) | np.isnan(b), np.nan, terms)
-        grad = np.where(a == 0, 0.0, -a / b)
+        grad = np.where(a == 0, 0.0, -a / np.where(b == 0, 0.0, b))  # q = -0.0 counts as 0
     return _result(np.sum(terms, axis=axes), result), grad.astype(result)
 
 

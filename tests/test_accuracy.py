@@ -214,3 +214,29 @@ def test_smoothing_with_large_gaps_matches_mpmath(call, dtype):
         got = call("cross_entropy", x, y, weight=weight.astype(dtype), label_smoothing=eps)
         expected = _smoothed_loss_mpmath(x, y, weight.astype(dtype), eps)
         assert rel_err(got, expected) < 16 * np.finfo(dtype).eps, eps
+
+
+# ------------------------------------------- items 2 and 3: KL divergence
+def test_kl_ratio_out_of_range(call):
+    sp = pytest.importorskip("scipy.special")
+    for p, q in [(0.5, 1e-310), (5e-324, 2.0), (1e-300, 1e300), (1e300, 1e-300), (0.3, 0.7)]:
+        got = call("kl_divergence", np.array([p]), np.array([q]))
+        expected = sp.rel_entr(p, q)
+        assert np.isfinite(got), (p, q, got, expected)
+        # subnormal answers: within a unit of the smallest subnormal
+        assert abs(got - expected) <= max(1e-14 * abs(expected), 5e-324), (p, q, got, expected)
+    p, q = np.array([0.5, 0.5]), np.array([1e-310, 1.0])
+    h_pq = call("cross_entropy_probs", p, q)
+    assert np.isfinite(h_pq) and rel_err(call("entropy", p) + call("kl_divergence", p, q), h_pq) < 1e-15
+
+
+def test_kl_special_values(call):
+    def kl(p, q):
+        return call("kl_divergence_with_grad", np.array([p]), np.array([q]))
+
+    value, grad = kl(0.9, -0.0)
+    assert value == np.inf and grad[0] == -np.inf  # -0.0 is 0, as +0.0
+    assert kl(0.9, 0.0)[0] == np.inf
+    assert np.isnan(kl(np.nan, -0.5)[0]) and np.isnan(kl(-0.5, np.nan)[0])
+    assert np.isnan(kl(np.nan, 0.5)[0]) and np.isnan(kl(0.5, np.nan)[0])
+    assert kl(0.0, -0.0)[0] == 0.0 and kl(-0.5, 0.5)[0] == np.inf
