@@ -192,18 +192,20 @@ def _binary(values, target, weight, pos_weight, reduction, from_logits, want_gra
     w = 1.0 if weight is None else np.broadcast_to(_work(weight, "weight")[0].astype(v.dtype), v.shape)
     if from_logits:
         pw = 1.0 if pos_weight is None else np.broadcast_to(_work(pos_weight, "pos_weight")[0].astype(v.dtype), v.shape)
-        log_weight = 1 + (pw - 1) * t
         with np.errstate(over="ignore", invalid="ignore"):
-            losses = w * ((1 - t) * v + log_weight * (np.log1p(np.exp(-np.abs(v))) + np.maximum(-v, 0)))
+            # (1 - t) softplus(x) + pw t softplus(-x): terms >= 0, no cancellation
+            log1p_e = np.log1p(np.exp(-np.abs(v)))
+            losses = w * ((1 - t) * (log1p_e + np.maximum(v, 0)) + pw * t * (log1p_e + np.maximum(-v, 0)))
             sig = np.where(v >= 0, 1 / (1 + np.exp(-np.abs(v))), np.exp(-np.abs(v)) / (1 + np.exp(-np.abs(v))))
-            grad = w * (sig * log_weight - pw * t)
+            sig_neg = np.where(v < 0, 1 / (1 + np.exp(-np.abs(v))), np.exp(-np.abs(v)) / (1 + np.exp(-np.abs(v))))
+            grad = w * ((1 - t) * sig - pw * t * sig_neg)
     else:
         bad = (v < 0) | (v > 1)
         if bad.any():
             where = np.unravel_index(int(np.flatnonzero(bad.reshape(-1))[0]), v.shape)
             raise ValueError(f"probs must be in [0, 1]; found {v[where]!r} at index {where}")
         with np.errstate(divide="ignore", invalid="ignore"):
-            losses = -w * (t * np.maximum(np.log(v), -100) + (1 - t) * np.maximum(np.log(1 - v), -100))
+            losses = -w * (t * np.maximum(np.log(v), -100) + (1 - t) * np.maximum(np.log1p(-v), -100))
             grad = w * (v - t) / np.maximum(v * (1 - v), float(np.float32(1e-12)))  # PyTorch's float32 epsilon
     losses = np.broadcast_to(losses, v.shape)
     loss = _reduce(losses, reduction, v.size, result)

@@ -240,3 +240,29 @@ def test_kl_special_values(call):
     assert np.isnan(kl(np.nan, -0.5)[0]) and np.isnan(kl(-0.5, np.nan)[0])
     assert np.isnan(kl(np.nan, 0.5)[0]) and np.isnan(kl(0.5, np.nan)[0])
     assert kl(0.0, -0.0)[0] == 0.0 and kl(-0.5, 0.5)[0] == np.inf
+
+
+# ------------------------------------------------ item 4: BCE near 0 and 1
+def test_binary_cross_entropy_relative_accuracy(call):
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = 40
+    p = np.array([1e-17, 1e-12, 0.9999, 0.9999999999, 0.5, 1e-300])
+    t = np.array([0.0, 0.0, 1.0, 1.0, 0.0, 0.0])
+    expected = [float(-mpmath.log(mpmath.mpf(v)) if tv else -mpmath.log1p(-mpmath.mpf(v))) for v, tv in zip(p, t)]
+    got = call("binary_cross_entropy", p, t, reduction="none")
+    assert rel_err(got, expected).max() < 4e-16
+    got32 = call("binary_cross_entropy", np.array([1e-17, 1e-7], np.float32), np.array([0.0, 0.0], np.float32),
+                 reduction="none")
+    np.testing.assert_allclose(got32, [1e-17, -np.log1p(-np.float64(np.float32(1e-7)))], rtol=1e-7)
+
+
+def test_binary_cross_entropy_with_logits_tiny_losses(call):
+    x = np.array([-40.0, 40.0, -700.0, 30.0, -30.0])
+    t = np.array([0.0, 1.0, 0.0, 1.0, 0.0])
+    pw = np.array([1.0, 2.0, 1.0, 0.5, 3.0])
+    loss, grad = call("binary_cross_entropy_with_logits_with_grad", x, t, pos_weight=pw, reduction="none")
+    e = np.exp(-np.abs(x))
+    expected = np.where(t == 1, pw * np.log1p(e), np.log1p(e))
+    assert rel_err(loss, expected).max() < 4e-16
+    expected_grad = np.where(t == 1, -pw * e / (1 + e), e / (1 + e))
+    assert rel_err(grad, expected_grad).max() < 4e-16
