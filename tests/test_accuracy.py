@@ -266,3 +266,51 @@ def test_binary_cross_entropy_with_logits_tiny_losses(call):
     assert rel_err(loss, expected).max() < 4e-16
     expected_grad = np.where(t == 1, -pw * e / (1 + e), e / (1 + e))
     assert rel_err(grad, expected_grad).max() < 4e-16
+
+
+# ------------------------------------------ item 5: deterministic BCE grad
+def test_issue_17_item_5_reproducer(call):
+    p = np.full((10, 12), 0.5)
+    t = np.full((10, 12), 0.5)
+    t[9, 9] = 0.21086043839346835
+    w = np.random.default_rng(0).uniform(0, 3, (1, 12))
+    go = np.array([[0.7]])
+    seen = set()
+    keep = []
+    for n in range(60 if call.backend == "cpu" else 3):
+        keep.append(np.empty(n * 7 + 1))  # move the heap around
+        loss, grad = call("binary_cross_entropy_with_grad", p, t, weight=w, reduction="none", grad_output=go)
+        seen.add((loss.tobytes(), grad.tobytes()))
+    assert len(seen) == 1
+
+
+@pytest.mark.parametrize("from_logits", [False, True])
+@pytest.mark.parametrize("n", [120, 5000])
+def test_bce_outputs_do_not_depend_on_where_they_lie(from_logits, n):
+    """Per-element losses and gradients (grad_output per element, weights)
+    carved out of one buffer right next to an input, 0..8 elements apart:
+    the bits are those of outputs far away (the vectoriser's overlap check
+    once sent such calls through scalar code with other roundings)."""
+    from fastxent.cpu.binary import bce_flat
+
+    rng = np.random.default_rng(n)
+    values = rng.standard_normal(n) * 4 if from_logits else rng.random(n)
+    inputs = dict(values=values, target=rng.random(n), weight=rng.random(n) + 0.1,
+                  grad_scale=rng.random(n) + 0.3)
+    pos_weight = rng.random(n) * 3 if from_logits else None
+
+    def run(loss, grad, **moved):
+        a = dict(inputs, **moved)
+        return bce_flat(a["values"], a["target"], a["weight"], pos_weight, from_logits, a["grad_scale"],
+                        0.7, loss, grad, 4096)
+
+    far_loss, far_grad = np.empty(n), np.empty(n)
+    run(far_loss, far_grad)
+    for name in inputs:
+        for gap in range(9):
+            buf = np.empty(3 * n + gap)
+            buf[:n] = inputs[name]
+            grad, loss = buf[n + gap:2 * n + gap], buf[2 * n + gap:]
+            run(loss, grad, **{name: buf[:n]})
+            np.testing.assert_array_equal(grad, far_grad, err_msg=f"{name} {gap}")
+            np.testing.assert_array_equal(loss, far_loss, err_msg=f"{name} {gap}")

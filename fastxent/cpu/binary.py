@@ -132,20 +132,23 @@ def _bce_template(first, second, combine):
                         np.float64(values[k]), np.float64(target[k]), optional_at(weight, k, 1.0),
                         optional_at(pos_weight, k, 1.0), a[i], b[i])
                     n_bad += out_of_range
-                    if loss_out is None:
-                        a[i] = loss  # a[i] is used up: it now holds the loss
-                    else:
-                        loss_out[k] = loss
-                    if grad is not None:
-                        grad[k] = d * scale * optional_at(grad_scale, k, 1.0)
+                    a[i] = loss  # a[i] and b[i] are used up: they now hold the results
+                    b[i] = d * scale * optional_at(grad_scale, k, 1.0)
+                # The results leave scratch in loops of their own: a loop that
+                # writes an output is vectorised behind a run-time check that
+                # the output does not overlap the inputs, and falls back to
+                # scalar code (another order of the sum, other roundings of
+                # fast-math arithmetic) when the heap happens to place them
+                # close.  These loops only sum or copy, so the bits never change.
                 if loss_out is None:
-                    # Summed in a loop of its own: the loop above is vectorised
-                    # behind a run-time check that the output does not overlap
-                    # the inputs, and falls back to scalar code (another order
-                    # of the sum) when the heap happens to place them close.
-                    # This loop only reads scratch, so its order never changes.
                     for i in range(m):
                         total += a[i]
+                else:
+                    for i in range(m):
+                        loss_out[block_start + i] = a[i]
+                if grad is not None:
+                    for i in range(m):
+                        grad[block_start + i] = b[i]
             partial[task] = total
             bad[task] = n_bad
 
