@@ -40,7 +40,7 @@ _I64 = np.dtype(np.int64)
 def grad_scale(backend: Backend, grad_output: Any, reduction: Reduction, loss_shape: tuple, *,
                broadcast: bool) -> GradScale:
     """``grad_output`` resolved for a launch: a host factor, or a native
-    float64 array of one value per loss element (a device scalar: one value)."""
+    float64 array of one value per loss element (a device scalar broadcast)."""
     mean = reduction is Reduction.MEAN
     if grad_output is None:
         return GradScale(1.0, None, mean)
@@ -51,7 +51,7 @@ def grad_scale(backend: Backend, grad_output: Any, reduction: Reduction, loss_sh
         return GradScale(g, None, mean)
     checks.compute_dtype(g.dtype, "grad_output")
     checks.grad_output_shape(g.shape, reduction, loss_shape, broadcast=broadcast)
-    rows = backend.flat(g, _F64, None if g.ndim == 0 else tuple(loss_shape))
+    rows = backend.flat(g, _F64, tuple(loss_shape))
     return GradScale(1.0, rows, mean)
 
 

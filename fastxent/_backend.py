@@ -102,9 +102,8 @@ class BinaryInput(enum.Enum):
 class GradScale:
     """The factor of a gradient, as the front end resolved it from
     ``grad_output``: ``factor`` (a host number) times ``rows`` (None, or a
-    native float64 1-D array with one value per row / element, or a single
-    value for a device scalar), divided by the mean's denominator when
-    ``mean`` is True."""
+    native float64 1-D array with one value per row / element), divided by
+    the mean's denominator when ``mean`` is True."""
 
     factor: float = 1.0
     rows: Any = None
@@ -263,14 +262,15 @@ def _is_dask_collection(obj: Any) -> bool:
 
 @dataclass(frozen=True)
 class ArrayKind:
-    """One kind of array: ``recognise(obj)``, and either ``load()`` (the
-    :class:`Backend` that converts and runs it, loaded on first use) or
-    ``delegate`` (a module whose function of the same name runs the whole
-    call, imported on first use)."""
+    """One kind of array: ``recognise(obj)``, and either ``load(obj)`` (the
+    :class:`Backend` that converts and runs a call whose first array of this
+    kind is ``obj``; its module is imported on first use) or ``delegate`` (a
+    module whose function of the same name runs the whole call, imported on
+    first use)."""
 
     name: str
     recognise: Callable[[Any], bool]
-    load: Optional[Callable[[], Backend]] = None
+    load: Optional[Callable[[Any], Backend]] = None
     delegate: Optional[str] = None
 
 
@@ -285,17 +285,16 @@ def register(kind: ArrayKind, *, first: bool = False) -> None:
     _KINDS.insert(0, kind) if first else _KINDS.append(kind)
 
 
-@functools.lru_cache(maxsize=None)
-def _load_cuda() -> Backend:
+def _load_cuda(primary: Any) -> Backend:
     try:
-        from fastxent.cuda.backend import BACKEND
+        from fastxent.cuda.backend import backend_for
     except ImportError as exc:  # numba-cuda missing, or no CUDA driver
         raise RuntimeError(
             "a CUDA array was passed, but fastxent's CUDA kernels cannot be loaded: "
             f"{exc}. Install the 'cuda' extra (pip install 'fastxent[cuda]') on a machine "
             "with an NVIDIA GPU and driver."
         ) from exc
-    return BACKEND
+    return backend_for(primary)  # one backend object per call: its stream and library
 
 
 @functools.lru_cache(maxsize=None)
@@ -306,8 +305,7 @@ def cpu_backend() -> Backend:
     return BACKEND
 
 
-@functools.lru_cache(maxsize=None)
-def _load_torch_cpu() -> Backend:
+def _load_torch_cpu(primary: Any) -> Backend:
     from fastxent.cpu.backend import TORCH_BACKEND
 
     return TORCH_BACKEND
@@ -337,7 +335,7 @@ def backend_of(*arrays: Any) -> Backend:
             continue
         kind = kind_of(a)
         if kind is not None and kind.load is not None:
-            return kind.load()
+            return kind.load(a)
     return cpu_backend()
 
 

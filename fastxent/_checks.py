@@ -94,6 +94,8 @@ class Rows:
 
 def rows_layout(shape: tuple, axis: Axis) -> Rows:
     """The :class:`Rows` mapping of an array of ``shape`` reduced over ``axis``."""
+    if type(shape) is not tuple:
+        shape = tuple(shape)
     ndim = len(shape)
     if ndim == 0 and (axis is None or (type(axis) is int and axis in (-1, 0))):
         # a 0-d input is one row of one class (as SciPy takes it, for any such axis)
