@@ -126,16 +126,18 @@ def _rows_template(element, term_again):
     return divergence_rows
 
 
+ENTROPY, KL, XENT = 0, 1, 2  # the kinds of divergence_rows, as in fastxent.cuda.divergence
+
 _KERNELS = {
-    "entropy": specialise(_rows_template, "entropy_rows", element=entropy_element,
-                          term_again=entropy_again),
-    "kl": specialise(_rows_template, "kl_rows", element=kl_element, term_again=rel_entr_wide),
-    "xent": specialise(_rows_template, "xent_probs_rows", element=xent_element,
-                       term_again=neg_xlogy),
+    ENTROPY: specialise(_rows_template, "entropy_rows", element=entropy_element,
+                        term_again=entropy_again),
+    KL: specialise(_rows_template, "kl_rows", element=kl_element, term_again=rel_entr_wide),
+    XENT: specialise(_rows_template, "xent_probs_rows", element=xent_element,
+                     term_again=neg_xlogy),
 }
 
 
-def divergence_rows(kind: str, p, q, out, grad, rows_per_task: int) -> None:
-    """out[i] = H(p[i]) ("entropy", q is p), KL(p[i] || q[i]) ("kl") or
-    H(p[i], q[i]) ("xent"), as float64; grad = d/dp (entropy) or d/dq unless None."""
+def divergence_rows(kind: int, p, q, out, grad, rows_per_task: int) -> None:
+    """out[i] = H(p[i]) (kind ENTROPY, q is p), KL(p[i] || q[i]) (KL) or
+    H(p[i], q[i]) (XENT), as float64; grad = d/dp (entropy) or d/dq unless None."""
     _KERNELS[kind](p.size, p, q, out, grad, rows_per_task)
