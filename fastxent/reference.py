@@ -46,13 +46,22 @@ def _axes(x: np.ndarray, axis) -> Tuple[int, ...]:
 
 
 # ----------------------------------------------------------------- softmax
+def _log_sum_exp_shifted(shifted: np.ndarray, axes: Tuple[int, ...]) -> np.ndarray:
+    """log sum exp(shifted) over ``axes`` (keepdims) for shifted = x - max, as
+    log1p of the sum less one max's term exp(0) = 1: a dominating term keeps
+    the result's relative precision (log(1 + 4e-18) is not 0)."""
+    at_max = shifted == 0
+    others = np.sum(np.where(at_max, 0.0, np.exp(shifted)), axis=axes, keepdims=True)
+    return np.log1p(others + (np.sum(at_max, axis=axes, keepdims=True) - 1)).astype(shifted.dtype)
+
+
 def _lse(x: np.ndarray, axes: Tuple[int, ...], finite_shift: bool) -> np.ndarray:
     """log sum exp over ``axes`` with keepdims."""
     m = np.max(x, axis=axes, keepdims=True) if x.size else np.zeros([1] * x.ndim, x.dtype)
     if finite_shift:  # logsumexp: all -inf -> -inf, +inf -> +inf (as scipy)
         m = np.where(np.isfinite(m), m, 0)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        return m + np.log(np.sum(np.exp(x - m), axis=axes, keepdims=True))
+        return m + _log_sum_exp_shifted(x - m, axes)
 
 
 def logsumexp(x: ArrayLike, axis: Axis = -1, keepdims: bool = False) -> Any:
@@ -75,7 +84,7 @@ def log_softmax(x: ArrayLike, axis: Axis = -1) -> np.ndarray:
     m = np.max(a, axis=axes, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         shifted = a - m  # x - max - log sum exp(x - max): exact for huge max
-        return (shifted - np.log(np.sum(np.exp(shifted), axis=axes, keepdims=True))).astype(result, copy=False)
+        return (shifted - _log_sum_exp_shifted(shifted, axes)).astype(result, copy=False)
 
 
 def softmax(x: ArrayLike, axis: Axis = -1) -> np.ndarray:
