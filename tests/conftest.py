@@ -5,6 +5,19 @@ import os
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, Phase, settings
+
+# Hypothesis profiles: "fastxent" (the default: small and derandomised, so
+# that CI takes a couple of minutes and a failure replays) and "long"
+# (pytest --hypothesis-profile=long: a long random search, for local runs).
+settings.register_profile("fastxent", max_examples=25, deadline=None, derandomize=True,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("long", max_examples=3000, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+# "dev": the default's examples without shrinking, for quick iterations
+settings.register_profile("dev", parent=settings.get_profile("fastxent"),
+                          phases=[Phase.explicit, Phase.reuse, Phase.generate])
+settings.load_profile("fastxent")
 
 
 @pytest.fixture
