@@ -283,5 +283,6 @@ def fast_log1p(x):
     no ``reassoc`` flag, so it is not folded away).  At u = 0 or inf the
     correction would be NaN: log(u) is the answer there."""
     u = 1.0 + x
-    y = _log_f64(u) - ((u - 1.0) - x) / u
-    return _log_f64(u) if (u == 0.0 or u == np.inf) else y
+    log_u = _log_f64(u)
+    correction = ((u - 1.0) - x) / u
+    return log_u - (0.0 if (u == 0.0 or u == np.inf) else correction)

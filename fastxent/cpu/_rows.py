@@ -166,14 +166,17 @@ def row_excess(x, i, shift, k, e, r):
 
 
 @helper
-def max_excess(x, i, shift, total, e, r):
-    """The excess of row i shifted by its max (see the module docstring)
-    from its full sum of exponentials ``total``."""
-    if not total < 2.0:  # also inf and NaN
+def excess_from_sum(x, i, shift, k, total, e, r):
+    """The excess of row i (see the module docstring) from its full sum of
+    exponentials ``total``: total - 1 where that is exact enough (total >= 2,
+    also inf and NaN), else summed again without column k (the label), or
+    without the row's first max for k < 0."""
+    if not total < 2.0:
         return total - 1.0
-    k = first_index_of(x, i, shift)
-    if k < 0:  # no term is exp(0): an all -inf row under a finite shift (total 0)
-        return total - 1.0
+    if k < 0:
+        k = first_index_of(x, i, shift)
+        if k < 0:  # no term is exp(0): an all -inf row under a finite shift (total 0)
+            return total - 1.0
     return row_excess(x, i, shift, k, e, r)
 
 
@@ -187,7 +190,7 @@ def max_shift_row(x, i, e, r, finite_shift):
     else:
         exp_into(x, i, shift, e, r)
         total = row_sum(e, r)
-    return shift, max_excess(x, i, shift, total, e, r)
+    return shift, excess_from_sum(x, i, shift, -1, total, e, r)
 
 
 @helper
@@ -201,22 +204,45 @@ def redo_row_with_max(x, i, e, r, shifts, sums, log_sums, finite_shift):
 
 
 @helper
-def finish_rows(x, start, e, shifts, sums, log_sums, finite_shift, labels, ignore_index):
-    """After the row sums: sums[r] becomes each row's excess and log_sums[r]
-    log1p of it.  On entry sums[r] is the excess already for a label row
-    (its target's term left out), the full sum for a max-shifted row.  Label
-    rows whose sum overflowed (the target far below the max) or met inf /
-    NaN, or whose target logit is infinite, are redone with the max shift.
-    Rare paths; a row that is fine is only tested."""
+def short_rows_excess_again(x, start, e, shifts, sums, labels, ignore_index):
+    """The short rows of a block whose sum was < 2 (one term dominating;
+    sums[r] = sum - 1 < 1 on entry): their excess summed again without the
+    shift's own term, the label's or the first max's.  One call per block,
+    plain loops inside (for confident data, these are most rows)."""
+    n_classes = x.shape[1]
     for r in range(sums.shape[0]):
+        if not sums[r] < 1.0:
+            continue
         i = start + r
-        if shift_index(labels, ignore_index, i) >= 0:
-            if not (math.isfinite(sums[r]) and math.isfinite(shifts[r])):
-                shifts[r], sums[r] = max_shift_row(x, i, e, r, finite_shift)
+        k = -1
+        if labels is not None and labels[i] != ignore_index:
+            k = labels[i]
         else:
-            sums[r] = max_excess(x, i, shifts[r], sums[r], e, r)
-    for r in range(sums.shape[0]):
-        log_sums[r] = fast_log1p(sums[r])
+            for j in range(n_classes):
+                if x[i, j] == shifts[r]:
+                    k = j
+                    break
+        if k >= 0:  # else no term is exp(0): an all -inf row under a finite shift
+            s = 0.0
+            for j in range(n_classes):
+                s += 0.0 if j == k else np.float64(e[r, j])
+            sums[r] = s
+
+
+@helper
+def finish_rows(x, start, e, shifts, sums, log_sums, finite_shift, labels, ignore_index):
+    """After the row excesses: label rows whose sum overflowed (the target
+    far below the max) or met inf / NaN, or whose target logit is infinite,
+    are redone with the max shift (rare; a row that is fine is only tested);
+    log_sums[r] = log1p(sums[r])."""
+    if labels is not None:
+        for r in range(sums.shape[0]):  # no call in the common path (see short_rows_excess_again)
+            if labels[start + r] != ignore_index and not (math.isfinite(sums[r])
+                                                          and math.isfinite(shifts[r])):
+                shifts[r], sums[r] = max_shift_row(x, start + r, e, r, finite_shift)
+    if log_sums is not None:
+        for r in range(sums.shape[0]):
+            log_sums[r] = fast_log1p(sums[r])
 
 
 @helper
@@ -231,7 +257,7 @@ def sum_exp_rows(x, start, stop, e, shifts, sums, log_sums, finite_shift, labels
         if k >= 0:
             sums[r] = row_excess(x, i, shifts[r], k, e, r)
         else:
-            sums[r] = row_sum_exp(x, i, shifts[r])
+            sums[r] = excess_from_sum(x, i, shifts[r], k, row_sum_exp(x, i, shifts[r]), e, r)
     finish_rows(x, start, e, shifts, sums, log_sums, finite_shift, labels, ignore_index)
 
 
@@ -263,7 +289,8 @@ def exp_rows(x, start, stop, e, shifts, sums, log_sums, finite_shift, labels, ig
     e[r, :] = exp(x[start + r] - shifts[r]), sums[r] = the excess of that
     row of e (float64: the row sum less the shift's own term 1, see the
     module docstring; the row sum itself is 1 + sums[r]) and log_sums[r] =
-    log1p(sums[r]).
+    log1p(sums[r]).  ``log_sums`` None (softmax, which needs only 1 +
+    sums[r]): short rows dominated by one term are not summed again.
     The row's logsumexp is shifts[r] + log_sums[r]; quantities relative to it
     are computed as (x - shift) - log_sum, exact also when |shift| is huge
     (1e30).  ``e`` is a (stop - start, C) C-contiguous scratch array.
@@ -281,7 +308,11 @@ def exp_rows(x, start, stop, e, shifts, sums, log_sums, finite_shift, labels, ig
             shifts[r] = shift
             exp_into(x, start + r, shift, e, r)
         for r in range(n_rows):
-            sums[r] = row_sum_without(e, r, shift_index(labels, ignore_index, start + r))
+            k = shift_index(labels, ignore_index, start + r)
+            if k >= 0:
+                sums[r] = row_sum_without(e, r, k)
+            else:
+                sums[r] = excess_from_sum(x, start + r, shifts[r], k, row_sum(e, r), e, r)
     else:
         for r in range(n_rows):
             shift = first_shift(x, start + r, labels, ignore_index, finite_shift)
@@ -291,14 +322,13 @@ def exp_rows(x, start, stop, e, shifts, sums, log_sums, finite_shift, labels, ig
         flat_e = e.reshape(n_rows * n_classes)
         for k in range(n_rows * n_classes):
             flat_e[k] = fast_exp(flat_e[k])
-        for r in range(n_rows):
-            k = shift_index(labels, ignore_index, start + r)
-            kept = e[r, k] if k >= 0 else e.dtype.type(0)
-            if k >= 0:
-                e[r, k] = 0  # the target's own term (1, or NaN) is left out: the excess
-            sums[r] = short_row_sum(e, r)
-            if k >= 0:
-                e[r, k] = kept
+        n_dominated = 0
+        for r in range(n_rows):  # no calls here: a call per row costs as much as the row
+            total = short_row_sum(e, r)
+            sums[r] = total - 1.0
+            n_dominated += 1 if total < 2.0 else 0
+        if n_dominated != 0 and log_sums is not None:  # softmax needs only the sum
+            short_rows_excess_again(x, start, e, shifts, sums, labels, ignore_index)
     finish_rows(x, start, e, shifts, sums, log_sums, finite_shift, labels, ignore_index)
 
 

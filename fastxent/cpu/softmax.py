@@ -33,7 +33,8 @@ def _softmax_rows(x, out, log, rows_per_task):
             shifts = np.empty(stop - start, dtype=x.dtype)
             sums = np.empty(stop - start)
             log_sums = np.empty(stop - start)
-            exp_rows(x, start, stop, out[start:stop], shifts, sums, log_sums, False, None, 0)
+            # no log_sums: where one term dominates, the sum need not be summed again
+            exp_rows(x, start, stop, out[start:stop], shifts, sums, None, False, None, 0)
         for r in range(stop - start):
             i = start + r
             if log:

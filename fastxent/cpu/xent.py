@@ -70,19 +70,15 @@ def weighted_row_sums(x, i, shift, weight):
 
 
 @helper
-def hard_row_loss(x, i, y, shift, log_sum, keep_y, eps_c, weight, weight_total):
-    """(loss, cancels) of hard-label row i from its shift and log_sum, with
-    keep_y = (1 - eps) w_y.  ``cancels``: label smoothing's term lost more
-    than two bits to cancellation, which only a target shift far below the
-    max can cause (redo the row with the max shift, where no term is < 0)."""
-    # lse - x_y as log_sum - (x_y - shift): exact even for |shift| ~ 1e30
-    loss = keep_y * -diff_minus(np.float64(x[i, y]), np.float64(shift), log_sum)
-    if eps_c == 0.0:
-        return loss, False
+def smoothed_row_loss(x, i, shift, log_sum, target_loss, eps_c, weight, weight_total):
+    """(loss, cancels) of a hard-label row with label smoothing, from its
+    unsmoothed part ``target_loss`` = (1 - eps) w_y (lse - x_y).  ``cancels``:
+    the smoothing term lost more than two bits to cancellation, which only a
+    target shift far below the max can cause (redo the row with the max
+    shift, where no term is < 0)."""
     s, s_abs = weighted_row_sums(x, i, shift, weight)
-    smooth = eps_c * (log_sum * weight_total - s)
+    loss = target_loss + eps_c * (log_sum * weight_total - s)
     size = eps_c * (abs(log_sum * weight_total) + s_abs)
-    loss += smooth
     return loss, size > 4.0 * abs(loss)
 
 
@@ -107,13 +103,6 @@ def target_far_below_max(e, r, excess):
 
 
 @helper
-def gradient_factor_underflows(a, a_over_sum, grad):
-    """True when a * softmax = (a / sum) * e loses precision because a / sum
-    is subnormal (or 0) in the gradient's dtype while a is not 0."""
-    return a != 0.0 and abs(a_over_sum) < np.finfo(grad.dtype).tiny
-
-
-@helper
 def write_softmax_grad(e, r, a_over_sum, b, weight, grad, i):
     """grad[i, c] = a * softmax_c - b * w_c, with a * softmax = e[r, c] *
     (a / sum).  (Rows are indexed, not viewed: see _rows.exp_rows.)"""
@@ -132,6 +121,8 @@ def _xent_hard_rows(logits, labels, weight, weight_total, ignore_index, smoothin
                     row_scale, loss_out, grad, rows_per_task):
     n_rows, n_classes = logits.shape
     eps_c = smoothing / n_classes if n_classes > 0 else 0.0
+    # a / sum below this would round a * softmax in subnormals (see the docstring)
+    smallest_factor = np.finfo(logits.dtype).tiny
     for task in prange((n_rows + rows_per_task - 1) // rows_per_task):
         start, stop = task_rows(task, rows_per_task, n_rows)
         e, shifts, sums, log_sums = block_exps(logits, start, stop, grad is not None, False,
@@ -151,15 +142,25 @@ def _xent_hard_rows(logits, labels, weight, weight_total, ignore_index, smoothin
             if grad is not None:
                 scale = row_scale[i]
                 a = scale * (keep_y + eps_c * weight_total)
-                if (gradient_factor_underflows(a, a / (1.0 + sums[r]), grad)
-                        or target_far_below_max(e, r, sums[r])):
+                # tested inline, the helpers called only for the rare rows
+                # (a call per row of 10 classes costs as much as the row)
+                factor_underflows = a != 0.0 and abs(a / (1.0 + sums[r])) < smallest_factor
+                if factor_underflows or (sums[r] >= _TARGET_SHIFT_LIMIT
+                                         and target_far_below_max(e, r, sums[r])):
                     redo_row_with_max(logits, i, e, r, shifts, sums, log_sums, False)
-            loss, cancels = hard_row_loss(logits, i, y, shifts[r], log_sums[r], keep_y, eps_c,
-                                          weight, weight_total)
-            if cancels:
-                redo_row_with_max(logits, i, e, r, shifts, sums, log_sums, False)
-                loss, _ = hard_row_loss(logits, i, y, shifts[r], log_sums[r], keep_y, eps_c,
-                                        weight, weight_total)
+            # lse - x_y as log_sum - (x_y - shift): exact even for |shift| ~ 1e30
+            target_loss = keep_y * -diff_minus(np.float64(logits[i, y]), np.float64(shifts[r]),
+                                               log_sums[r])
+            loss = target_loss
+            if smoothing != 0.0:
+                loss, cancels = smoothed_row_loss(logits, i, shifts[r], log_sums[r], target_loss,
+                                                  eps_c, weight, weight_total)
+                if cancels:
+                    redo_row_with_max(logits, i, e, r, shifts, sums, log_sums, False)
+                    target_loss = keep_y * -diff_minus(np.float64(logits[i, y]),
+                                                       np.float64(shifts[r]), log_sums[r])
+                    loss, _ = smoothed_row_loss(logits, i, shifts[r], log_sums[r], target_loss,
+                                                eps_c, weight, weight_total)
             loss_out[i] = loss
             if grad is not None:
                 # x is read for the last time above: grad may be the logits (in place)
