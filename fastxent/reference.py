@@ -224,6 +224,7 @@ def _binary(values, target, weight, pos_weight, reduction, from_logits, want_gra
             # (1 - t) softplus(x) + pw t softplus(-x): terms >= 0, no cancellation
             log1p_e = np.log1p(np.exp(-np.abs(v)))
             losses = w * ((1 - t) * (log1p_e + np.maximum(v, 0)) + pw * t * (log1p_e + np.maximum(-v, 0)))
+            losses = np.where(v == -np.inf, np.nan, losses)  # as PyTorch's (1 - t) x + ...
             sig = np.where(v >= 0, 1 / (1 + np.exp(-np.abs(v))), np.exp(-np.abs(v)) / (1 + np.exp(-np.abs(v))))
             sig_neg = np.where(v < 0, 1 / (1 + np.exp(-np.abs(v))), np.exp(-np.abs(v)) / (1 + np.exp(-np.abs(v))))
             grad = w * ((1 - t) * sig - pw * t * sig_neg)

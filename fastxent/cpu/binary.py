@@ -105,6 +105,7 @@ def bce_logits_combine(x, t, w, pw, e, log1p_e):
     sigmoid_neg = e_over if x >= 0.0 else one_over
     d = w * sum_of_products(1.0 - t, sigmoid, -(pw * t), sigmoid_neg)
     loss = x if x != x else loss
+    loss = np.nan if x == -np.inf else loss  # PyTorch's (1 - t) x + ... is NaN there
     d = x if x != x else d
     return loss, d, 0
 

@@ -54,6 +54,8 @@ def bce_logits_element(x, t, w, pw):
     sigmoid = one_over if x >= 0.0 else e_over
     sigmoid_neg = e_over if x >= 0.0 else one_over
     d = w * ((1.0 - t) * sigmoid - pw * t * sigmoid_neg)
+    if x == -np.inf:  # PyTorch's (1 - t) x + ... is NaN there
+        loss = np.nan
     if x != x:
         loss = x
         d = x
