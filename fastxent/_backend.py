@@ -59,7 +59,7 @@ import functools
 import importlib
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Protocol, Sequence, Tuple, TypeVar, Union
+from typing import Any, Callable, Optional, Protocol, Tuple, TypeVar, Union
 
 import numpy as np
 

@@ -4,7 +4,7 @@ package behind the interface of ``fastxent._backend.Backend``.
 Native arrays are ``numpy.ndarray``.  Work arrays are C-contiguous views of
 the caller's arrays where they already are C-contiguous arrays of the compute
 dtype, copies otherwise.  Per-row losses are float64; reduced losses come
-back as host floats, summed exactly (``math.fsum``) for short batches.
+back as host floats.
 
 :data:`TORCH_BACKEND` is the same backend for PyTorch CPU tensors: tensors
 are viewed zero-copy as NumPy arrays (``Tensor.numpy()``), results are
@@ -13,7 +13,6 @@ wrapped zero-copy as tensors (``torch.from_numpy``).
 
 from __future__ import annotations
 
-import math
 from typing import Any, Optional, Tuple, Union
 
 import numpy as np
@@ -32,9 +31,10 @@ _SMALL_SUM = 512
 
 
 def _total(losses: np.ndarray) -> float:
-    """The sum of float64 losses."""
-    if losses.size <= _SMALL_SUM:  # cheaper than a ufunc call, and exactly rounded
-        return math.fsum(losses.tolist())
+    """The sum of float64 losses (in order, for a short batch: a third of
+    np.sum's call overhead, and of math.fsum's)."""
+    if losses.size <= _SMALL_SUM:
+        return sum(losses.tolist())
     return float(losses.sum())
 
 
