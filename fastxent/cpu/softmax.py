@@ -44,7 +44,7 @@ def _softmax_rows(x, out, log, rows_per_task):
                 for j in range(n_classes):
                     out[i, j] = diff_minus(x[i, j], shift, log_sum)
             else:
-                inv = x.dtype.type(1.0 / sums[r])
+                inv = x.dtype.type(1.0 / (1.0 + sums[r]))  # sums: the excess (see _rows)
                 for j in range(n_classes):
                     out[i, j] *= inv
 
