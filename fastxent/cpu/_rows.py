@@ -17,6 +17,9 @@ x_y instead (``labels`` given): the loss is then log sum_j exp(x_j - x_y),
 third of the work at 10 classes.  When x_y is so far below the row's max
 that the sum overflows (or the row holds inf / NaN), the row is redone with
 the max shift (``redo_with_max``), so the result is the max-shift one.
+The exponentials are ``fast_exp_shifted``: exact for x - shift <= 0 (the
+max shift) and up to 44 (float32), +inf beyond, so a target-shifted row
+more than 44 below its max is redone too.
 
 Sums accumulate in the input dtype over blocks of ``SUM_BLOCK`` elements and
 the block sums in float64: float32 results stay within 1e-5 of the float64
@@ -30,7 +33,7 @@ import math
 import numpy as np
 
 from fastxent.cpu._jit import helper
-from fastxent.cpu._fastmath import fast_exp, fast_log, maxnum
+from fastxent.cpu._fastmath import fast_exp_shifted, fast_log, maxnum
 
 SUM_BLOCK = 256
 # Rows at least this long are summed without storing the exponentials when
@@ -86,7 +89,7 @@ def row_sum_exp(x, i, shift):
     for start in range(0, n, SUM_BLOCK):
         block = x.dtype.type(0.0)
         for j in range(start, min(start + SUM_BLOCK, n)):
-            block += fast_exp(x[i, j] - shift)
+            block += fast_exp_shifted(x[i, j] - shift)
         s += np.float64(block)
     return s
 
@@ -157,7 +160,7 @@ def exp_into(x, i, shift, e, r):
     (its own function: LLVM vectorises it better than the same loop inlined
     beside the row sum, about 5% at C = 1000)."""
     for j in range(x.shape[1]):
-        e[r, j] = fast_exp(x[i, j] - shift)
+        e[r, j] = fast_exp_shifted(x[i, j] - shift)
 
 
 @helper
@@ -191,7 +194,7 @@ def exp_rows(x, start, stop, e, shifts, sums, log_sums, finite_shift, labels, ig
                 e[r, j] = x[start + r, j] - shift
         flat_e = e.reshape(n_rows * n_classes)
         for k in range(n_rows * n_classes):
-            flat_e[k] = fast_exp(flat_e[k])
+            flat_e[k] = fast_exp_shifted(flat_e[k])
         for r in range(n_rows):
             sums[r] = short_row_sum(e, r)
     if labels is not None:
