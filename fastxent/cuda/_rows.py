@@ -12,13 +12,19 @@ row groups (grid-stride), so the grid never needs more than
 ``_config.MAX_BLOCKS`` blocks.  Offsets are computed in int64.
 
 Online softmax (Milakov & Gimelshein 2018): each thread keeps a running
-(m, d) = (max, sum of exp(x - m)) over its columns, and the group merges them
-with (m_a, d_a) (+) (m_b, d_b) = (M, d_a e^(m_a - M) + d_b e^(m_b - M)),
-M = max(m_a, m_b), where e^(m - M) is 1 when m == M (so +inf (+) +inf and
--inf (+) -inf are exact, not NaN).  NaN never becomes the max; it reaches d
-through exp(NaN - m) and so the row's result.  The per-thread sums are in the
-input's dtype (float32 adds over at most C / tpr terms); the merges are in
-float64.
+(m, s) over its columns: the max m and the *excess* s = d - 1, the sum
+d = sum exp(x - m) less the max's own term exp(m - m) = 1, so that log d =
+log1p(s) keeps its relative precision when one term dominates
+(logsumexp([0, -40]) = 4.2e-18, a confident cross-entropy loss).  A new max
+x turns the old max's 1 into an ordinary term: s <- (s + 1) e^(m - x).  The
+group merges (m_a, s_a) (+) (m_b, s_b) with M = max(m_a, m_b):
+s_a + s_b + 1 for m_a == m_b (one of the two 1s joins the excess),
+s_a + (s_b + 1) e^(m_b - m_a) for m_a > m_b.  While m is -inf (no finite
+term yet) s is a plain sum (d itself): -inf (+) -inf adds s_a + s_b, which is
+also how :func:`group_sum` sums with m = -inf.  NaN never becomes the max; it
+reaches s through exp(NaN - m) and so the row's result.  The per-thread sums
+are in the input's dtype (float32 adds over at most C / tpr terms); the
+merges are in float64.
 
 Reductions
 ----------
@@ -62,31 +68,38 @@ def rescale(m, big):
 
 
 @cuda.jit(device=True)
-def merge(m_a, d_a, m_b, d_b):
-    """(m_a, d_a) (+) (m_b, d_b) in float64."""
-    m = max(m_a, m_b)
-    return m, d_a * rescale(m_a, m) + d_b * rescale(m_b, m)
+def merge(m_a, s_a, m_b, s_b):
+    """(m_a, s_a) (+) (m_b, s_b) of running (max, excess) in float64 (see
+    the module docstring)."""
+    if m_a == m_b:
+        if m_a == -np.inf:
+            return m_a, s_a + s_b
+        return m_a, s_a + s_b + 1.0
+    if m_a > m_b:
+        return m_a, s_a + (s_b + 1.0) * rescale(m_b, m_a)
+    return m_b, s_b + (s_a + 1.0) * rescale(m_a, m_b)
 
 
 @cuda.jit(device=True)
-def online_add(m, d, x, one):
-    """Add exp(x) to a running (max m, sum d of exp(. - m)) in x's dtype;
-    ``one`` is 1 in that dtype."""
+def online_add(m, s, x, one):
+    """Add exp(x) to a running (max m, excess s) in x's dtype (see the
+    module docstring); ``one`` is 1 in that dtype."""
     if x > m:
-        d = d * exp(m - x) + one
+        s = (s + one) * exp(m - x)
         m = x
     elif x == m:
-        d += one
+        s += one
     else:
-        d += exp(x - m)  # NaN stays NaN; -inf adds 0
-    return m, d
+        s += exp(x - m)  # NaN stays NaN; -inf adds 0
+    return m, s
 
 
 @cuda.jit(device=True)
 def row_max_sum(row, lane, tpr):
-    """This thread's online (max, sum) over columns lane, lane + tpr, ... of
-    ``row``, computed in the row's dtype, returned as float64 (-inf, 0 with
-    no columns)."""
+    """This thread's online (max, excess) over columns lane, lane + tpr, ...
+    of ``row``, computed in the row's dtype, returned as float64 (-inf, 0
+    with no columns).  The row's sum of exp(x - max) is 1 + the merged
+    excess; its log is log1p of it."""
     m = row.dtype.type(-np.inf)
     d = row.dtype.type(0.0)
     one = row.dtype.type(1.0)
@@ -163,7 +176,7 @@ def _shuffle_reduce(m, d, e, tpr, scratch):
 
 @cuda.jit(device=True)
 def group_reduce(m, d, e, tpr, shuffle, scratch):
-    """Merge (m, d) and sum e over each group of ``tpr`` threads; every
+    """Merge (m, s) and sum e over each group of ``tpr`` threads; every
     thread of the group gets the float64 result.  Every thread of the block
     must call it (it holds barriers).  ``scratch`` is the kernel's
     :func:`shared_scratch`."""

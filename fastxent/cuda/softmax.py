@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from fastxent.cuda._config import MAX_REGISTERS
-from fastxent.cuda._numba_cuda import cuda, kernel, exp, log
+from fastxent.cuda._numba_cuda import cuda, kernel, exp, log1p
 from numba import float64
 
 from fastxent.cuda._rows import SCRATCH, first_row, group_reduce, loop_rows, row_group, row_max_sum
@@ -35,12 +35,12 @@ def softmax_rows(x, out, mode, tpr, shuffle):
         td = 0.0
         if active:
             tm, td = row_max_sum(x[row], lane, tpr)
-        m, d, _ = group_reduce(tm, td, 0.0, tpr, shuffle, scratch)
+        m, s, _ = group_reduce(tm, td, 0.0, tpr, shuffle, scratch)  # s: the excess (_rows)
         if not active:
             continue
         if mode == LOGSUMEXP:
             if lane == 0:
-                out[row, 0] = m + log(d)
+                out[row, 0] = m + log1p(s)
             continue
         if math.isinf(m):  # +inf or only -inf in the row: NaN, as on the CPU
             m = np.nan
@@ -48,10 +48,10 @@ def softmax_rows(x, out, mode, tpr, shuffle):
         xr = x[row]
         orow = out[row]
         if mode == SOFTMAX:
-            inv = x.dtype.type(1.0 / d)
+            inv = x.dtype.type(1.0 / (1.0 + s))
             for j in range(lane, n_classes, tpr):
                 orow[j] = exp(xr[j] - shift) * inv
         else:
-            log_d = x.dtype.type(log(d))
+            log_d = x.dtype.type(log1p(s))
             for j in range(lane, n_classes, tpr):
                 orow[j] = (xr[j] - shift) - log_d

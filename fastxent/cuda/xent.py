@@ -32,7 +32,7 @@ import math
 import numpy as np
 
 from fastxent.cuda._config import MAX_REGISTERS
-from fastxent.cuda._numba_cuda import cuda, kernel, div, exp, log
+from fastxent.cuda._numba_cuda import cuda, kernel, div, exp, log1p
 from numba import float64, int32
 
 from fastxent.cuda._rows import (BAD, SCRATCH, TICKET_A, TICKET_B, block_total, first_row, grid_start,
@@ -76,8 +76,9 @@ def finish_total(acc, partials, status, result, mean, den, den_value, shuffle, s
     reduced loss (divided by the denominator for "mean") to result[0]."""
     last, total, _ = block_total(acc, 0.0, partials, status, TICKET_B, shuffle, scratch, flag)
     if last and cuda.threadIdx.x == 0:
-        if mean:
-            result[0] = div(total, denominator(den, den_value))
+        if mean:  # a zero denominator gives NaN, as fastxent._checks.mean_of
+            d = denominator(den, den_value)
+            result[0] = div(total, d) if d != 0.0 else np.nan
         else:
             result[0] = total
 
@@ -138,7 +139,8 @@ def xent_hard_rows(x, labels, weight, weight_total, ignore_index, smoothing, gra
             if smoothing != 0.0 and weight is not None:
                 for j in range(lane, n_classes, tpr):
                     tw += class_weight(weight, j)
-        m, d, w_sum = group_reduce(tm, td, tw, tpr, shuffle, scratch)
+        m, excess, w_sum = group_reduce(tm, td, tw, tpr, shuffle, scratch)
+        d = 1.0 + excess  # the row's sum of exp(x - m) (see _rows)
         if weight is None:
             w_sum = weight_total
         if m == math.inf:  # a row holding +inf: NaN, as on the CPU
@@ -176,7 +178,7 @@ def xent_hard_rows(x, labels, weight, weight_total, ignore_index, smoothing, gra
         if active and lane == 0:
             loss = 0.0
             if keep:
-                log_d = log(d)
+                log_d = log1p(excess)  # relative precision near 0
                 loss = keep_c * w_y * (log_d - (xy - m))
                 if smoothing != 0.0:
                     loss += eps_c * (log_d * w_sum - smooth_sum)
@@ -213,7 +215,8 @@ def xent_soft_rows(x, target, weight, smoothing, grad_scale, grad_rows, grad_ste
             tm, td = row_max_sum(xr, lane, tpr)
             for j in range(lane, n_classes, tpr):
                 tw += class_weight(weight, j) * (keep_c * np.float64(tr[j]) + eps_c)
-        m, d, wt_sum = group_reduce(tm, td, tw, tpr, shuffle, scratch)
+        m, excess, wt_sum = group_reduce(tm, td, tw, tpr, shuffle, scratch)
+        d = 1.0 + excess  # the row's sum of exp(x - m) (see _rows)
         if m == math.inf:
             m = np.nan
         s = 0.0
@@ -234,7 +237,7 @@ def xent_soft_rows(x, target, weight, smoothing, grad_scale, grad_rows, grad_ste
                     grad[row, j] = exp(xv - shift) * a - x.dtype.type(scale * wt)
         s, _ = group_sum(s, 0.0, tpr, shuffle, scratch)
         if active and lane == 0:
-            loss = log(d) * wt_sum - s
+            loss = log1p(excess) * wt_sum - s
             if losses is not None:
                 losses[row] = loss
             else:
