@@ -127,8 +127,8 @@ _install_cache_locators()
 #    in every process.
 # 2. The vector width (see ``_config.vector_width``): every function defined
 #    in such a module gets the ``"prefer-vector-width"`` attribute that
-#    clang's -mprefer-vector-width sets, which LLVM's x86 back end reads per
-#    function.  LLVM's own choice (256 bits on Intel AVX-512 server targets,
+#    clang's -mprefer-vector-width sets (with ``"min-legal-vector-width"``),
+#    which LLVM's x86 vectoriser and back end read per function.  LLVM's own choice (256 bits on Intel AVX-512 server targets,
 #    512 on AMD Zen 4 / Zen 5) applies when it is None.
 _OWN_SYMBOL_PREFIX = "_ZN8fastxent"
 
@@ -155,11 +155,15 @@ def _prefer_vector_width(ir_module, width: int) -> None:
     functions = [g for g in ir_module.global_values if isinstance(g, llvm_ir.Function)]
     if not any(fn.name.startswith(_OWN_SYMBOL_PREFIX) for fn in functions):
         return
-    attribute = f'"prefer-vector-width"="{width}"'
+    # "min-legal-vector-width"="0" as clang writes it: without it the x86
+    # back end must assume the function needs any width (an ABI of vector
+    # arguments) and never splits 512-bit operations, whatever is preferred
+    attributes = (f'"prefer-vector-width"="{width}"', '"min-legal-vector-width"="0"')
     for fn in functions:
         if fn.blocks:
-            # llvmlite.ir knows no string attributes; its set holds text
-            set.add(fn.attributes, attribute)
+            for attribute in attributes:
+                # llvmlite.ir knows no string attributes; its set holds text
+                set.add(fn.attributes, attribute)
 
 
 def _install_codegen_hooks() -> None:
