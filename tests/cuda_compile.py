@@ -126,7 +126,7 @@ def compile_job(job, cc, ptxas=None, nvdisasm=None, maxrregcount=None, dump=None
     name, kernel, sig, itemsize = job
     result = {"name": name}
     try:
-        ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=cc)
+        ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=cc, lineinfo=bool(nvdisasm))
     except Exception as exc:  # noqa: BLE001 - report every failure
         if os.environ.get("FASTXENT_COMPILE_TRACEBACK"):
             raise
@@ -149,6 +149,8 @@ def compile_job(job, cc, ptxas=None, nvdisasm=None, maxrregcount=None, dump=None
         with open(ptx_path, "w") as fh:
             fh.write(ptx)
         extra = [f"-maxrregcount={limit}"] if limit else []
+        if nvdisasm:
+            extra.append("-lineinfo")
         out = subprocess.run([ptxas, "-v", f"-arch=sm_{cc[0]}{cc[1]}", *extra, ptx_path, "-o", cubin],
                              capture_output=True, text=True)
         if out.returncode:
@@ -161,14 +163,14 @@ def compile_job(job, cc, ptxas=None, nvdisasm=None, maxrregcount=None, dump=None
         result["spill_bytes"] = int(spill[-1]) if spill else None
         result["stack_bytes"] = int(stack[-1]) if stack else None
         if nvdisasm:
-            listing = subprocess.run([nvdisasm, "-c", cubin], capture_output=True, text=True,
+            listing = subprocess.run([nvdisasm, "-c", "-g", cubin], capture_output=True, text=True,
                                      check=True).stdout
             if dump:
                 with open(os.path.join(dump, stem + ".sass"), "w") as fh:
                     fh.write(listing)
             from tests import sass
 
-            result["sass"] = sass.summarize(listing, itemsize).as_dict()
+            result["sass"] = sass.summarize(listing, itemsize)
     return result
 
 
@@ -180,11 +182,14 @@ def _line(result):
         line += (f"; {result['registers']} registers (limit {result['max_registers']}), "
                  f"{result['spill_bytes']} spill bytes, {result['stack_bytes']} stack bytes")
     figures = result.get("sass")
-    if figures and figures["main_loops"]:
-        line += (f"; loops: {figures['main_loops']} main ({figures['vector_loops']} vector), "
-                 f"loads {figures['load_width']} bit, >= {figures['in_flight']} in flight, "
-                 f"SASS/element read {figures['read_per_element']} write {figures['write_per_element']}"
-                 f" worst {figures['worst_per_element']}, {figures['loop_spills']} spills in loops")
+    if figures:
+        for name, paths in sorted(figures["passes"].items()):
+            for path, f in sorted(paths.items()):
+                line += (f"\n       {name} {path}: {f['per_element']} SASS/element, "
+                         f"{f['in_flight']} loads in flight, {f['load_width']}-bit loads"
+                         + (f", {f['store_width']}-bit stores" if f["store_width"] else ""))
+        if figures["loop_spills"]:
+            line += f"\n       {figures['loop_spills']} local-memory accesses in element loops"
     return line
 
 
@@ -195,23 +200,38 @@ def main(argv=None):
     parser.add_argument("--sass", action="store_true", help="also disassemble and read the element loops")
     parser.add_argument("--dump", help="write the PTX (and SASS) files to this folder")
     parser.add_argument("--json", help="write the figures to this file")
-    parser.add_argument("--only", help="compile only kernels whose name contains this")
+    parser.add_argument("--only", action="append",
+                        help="compile only kernels whose name contains this (repeatable)")
+    parser.add_argument("--require-sass", action="store_true",
+                        help="exit with status 3 if NVVM/NVRTC, ptxas or nvdisasm is missing")
     parser.add_argument("--maxrregcount", type=int, default=None,
                         help="ptxas register limit (default: the kernel's max_registers)")
     args = parser.parse_args(argv)
     cc = tuple(int(v) for v in args.cc.split("."))
-    jobs = prepare(cc)
+    try:
+        jobs = prepare(cc)
+    except ImportError as exc:
+        print(f"toolchain unavailable: numba.cuda cannot be imported ({exc})")
+        return 3
     if args.only:
-        jobs = [job for job in jobs if args.only in job[0]]
+        jobs = [job for job in jobs if any(part in job[0] for part in args.only)]
     ptxas = find_tool("ptxas") if (args.ptxas or args.sass) else None
     nvdisasm = find_tool("nvdisasm") if args.sass else None
     if (args.ptxas or args.sass) and not ptxas:
         print("ptxas not found: PTX only")
     if args.sass and not nvdisasm:
         print("nvdisasm not found: no SASS figures")
+    if args.require_sass and not (ptxas and nvdisasm):
+        print("toolchain unavailable: ptxas or nvdisasm not found")
+        return 3
     results = []
     for job in jobs:
         result = compile_job(job, cc, ptxas, nvdisasm, args.maxrregcount, args.dump)
+        if args.require_sass and not results and "error" in result and any(
+                word in result["error"] for word in ("DynamicLibNotFound", "NVVM", "Nvvm", "nvrtc",
+                                                     "NVRTC", "libdevice")):
+            print(f"toolchain unavailable: {result['error']}")
+            return 3
         results.append(result)
         print(_line(result))
     failures = sum("error" in r for r in results)

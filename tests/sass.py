@@ -33,12 +33,15 @@ _LABEL = re.compile(r"^(\.L_x_\d+):")
 _TARGET = re.compile(r"`\((\.L_x_\d+)\)")
 _REGISTER = re.compile(r"\bR(\d+)(?:\.(64|128))?\b")
 _WIDTH = re.compile(r"\.(8|16|32|64|128)\b")
+_LINE = re.compile(r'//## File "([^"]+)", line (\d+)')
+_CALL = re.compile(r"\b(row_online|_\w+_row)\(")
 
 
 @dataclass
 class Instruction:
     address: int
     text: str
+    line: Optional[tuple] = None   # (file, line) of the kernel source, with line info
 
     @property
     def opcode(self) -> str:
@@ -112,6 +115,28 @@ class Loop:
     def spills(self) -> int:
         return sum(1 for ins in self.body if ins.opcode.startswith(("LDL", "STL")))
 
+    def source(self) -> Optional[tuple]:
+        """The kernel source line most of the body comes from (line info)."""
+        lines = [ins.line for ins in self.body if ins.line]
+        return max(set(lines), key=lines.count) if lines else None
+
+    def pass_name(self) -> str:
+        """The row pass this loop belongs to: the ``row_online``/``*_row``
+        call on (or just above) its source line, else "kernel"."""
+        where = self.source()
+        if not where:
+            return "kernel"
+        try:
+            with open(where[0]) as fh:
+                text = fh.read().splitlines()
+        except OSError:
+            return "kernel"
+        for lineno in range(where[1], max(0, where[1] - 4), -1):
+            found = _CALL.search(text[lineno - 1]) if lineno - 1 < len(text) else None
+            if found:
+                return found.group(1)
+        return "kernel"
+
     def elements(self, itemsize: int) -> float:
         stored = sum(self.stores) // 8
         loaded = sum(self.loads) // 8
@@ -138,14 +163,19 @@ def parse(listing: str) -> tuple[List[Instruction], dict]:
     """(instructions, label -> index of the instruction that follows it)."""
     instructions: List[Instruction] = []
     labels = {}
+    where = None
     for line in listing.splitlines():
+        source = _LINE.search(line)
+        if source:
+            where = (source.group(1), int(source.group(2)))
+            continue
         label = _LABEL.match(line.strip())
         if label:
             labels[label.group(1)] = len(instructions)
             continue
         match = _INSTRUCTION.match(line)
         if match:
-            instructions.append(Instruction(int(match.group(1), 16), match.group(2)))
+            instructions.append(Instruction(int(match.group(1), 16), match.group(2), where))
     return instructions, labels
 
 
@@ -178,44 +208,23 @@ def main_loops(listing: str) -> List[Loop]:
     return [lp for lp in element_loops(listing) if len(lp.loads) >= 4]
 
 
-@dataclass
-class Summary:
-    """The figures of one kernel specialisation (see the module docstring)."""
-
-    main_loops: int
-    vector_loops: int
-    load_width: int                 # widest global load in a main loop (bits)
-    in_flight: int                  # fewest loads in flight over the main loops
-    read_per_element: Optional[float]    # cheapest vector loop that only reads
-    write_per_element: Optional[float]   # cheapest vector loop that writes
-    worst_per_element: Optional[float]   # most expensive main loop
-    loop_spills: int                # local-memory accesses inside element loops
-
-    @property
-    def fused_per_element(self) -> Optional[float]:
-        """A read pass plus a write pass (the fused loss + gradient)."""
-        if self.read_per_element is None:
-            return None
-        return self.read_per_element + (self.write_per_element or 0.0)
-
-    def as_dict(self) -> dict:
-        out = dict(self.__dict__)
-        out["fused_per_element"] = self.fused_per_element
-        return out
+def loop_figures(loop: Loop, itemsize: int) -> dict:
+    return {"instructions": loop.instructions, "per_element": round(loop.per_element(itemsize), 2),
+            "in_flight": loop.in_flight, "load_width": max(loop.loads, default=0),
+            "store_width": max(loop.stores, default=0), "spills": loop.spills}
 
 
-def summarize(listing: str, itemsize: int) -> Summary:
-    mains = main_loops(listing)
-    vector = [lp for lp in mains if max(lp.loads) >= 128]
-    reads = [lp.per_element(itemsize) for lp in vector if not lp.stores]
-    writes = [lp.per_element(itemsize) for lp in vector if lp.stores]
-    return Summary(
-        main_loops=len(mains),
-        vector_loops=len(vector),
-        load_width=max((max(lp.loads) for lp in mains), default=0),
-        in_flight=min((lp.in_flight for lp in mains), default=0),
-        read_per_element=round(min(reads), 2) if reads else None,
-        write_per_element=round(min(writes), 2) if writes else None,
-        worst_per_element=round(max(lp.per_element(itemsize) for lp in mains), 2) if mains else None,
-        loop_spills=sum(lp.spills for lp in element_loops(listing)),
-    )
+def summarize(listing: str, itemsize: int) -> dict:
+    """Per row pass (see :meth:`Loop.pass_name`) and path ("vector": the loop
+    with 128-bit accesses, "scalar": the other main loop), the figures of
+    its main loop (the most expensive one, if a pass has several), plus the
+    spills inside any element loop."""
+    passes: dict = {}
+    for loop in main_loops(listing):
+        path = "vector" if max(loop.loads) >= 128 else "scalar"
+        figures = loop_figures(loop, itemsize)
+        slot = passes.setdefault(loop.pass_name(), {})
+        if path not in slot or figures["per_element"] > slot[path]["per_element"]:
+            slot[path] = figures
+    return {"passes": passes,
+            "loop_spills": sum(lp.spills for lp in element_loops(listing))}

@@ -144,9 +144,10 @@ _soft_row = make_row_map(_soft_element)
 
 
 @cuda.jit(device=True)
-def _label_weight(labels, i, n_classes, ignore_index, weight, status):
-    """w_y of item i (0 for ignore_index); records a label outside [0, C)."""
-    y = np.int64(load1(labels, i))
+def _label_weight(y, i, n_classes, ignore_index, weight, status):
+    """w_y of item i with label y (0 for ignore_index); records a label
+    outside [0, C)."""
+    y = np.int64(y)
     if y == ignore_index:
         return 0.0
     if y < 0 or y >= n_classes:
@@ -167,14 +168,17 @@ def scan_labels(labels, n_classes, ignore_index, weight, status, partials, den, 
     total = 0.0
     i = start
     while i + 3 * step < n:
-        # the four loads are independent of the branches below
-        total += ((_label_weight(labels, i, n_classes, ignore_index, weight, status)
-                   + _label_weight(labels, i + step, n_classes, ignore_index, weight, status))
-                  + (_label_weight(labels, i + 2 * step, n_classes, ignore_index, weight, status)
-                     + _label_weight(labels, i + 3 * step, n_classes, ignore_index, weight, status)))
+        y0 = load1(labels, i)  # the four loads first, then the branches
+        y1 = load1(labels, i + step)
+        y2 = load1(labels, i + 2 * step)
+        y3 = load1(labels, i + 3 * step)
+        total += ((_label_weight(y0, i, n_classes, ignore_index, weight, status)
+                   + _label_weight(y1, i + step, n_classes, ignore_index, weight, status))
+                  + (_label_weight(y2, i + 2 * step, n_classes, ignore_index, weight, status)
+                     + _label_weight(y3, i + 3 * step, n_classes, ignore_index, weight, status)))
         i += 4 * step
     while i < n:
-        total += _label_weight(labels, i, n_classes, ignore_index, weight, status)
+        total += _label_weight(load1(labels, i), i, n_classes, ignore_index, weight, status)
         i += step
     last, t, _ = block_total(total, 0.0, partials, status, TICKET_A, shuffle, scratch, flag)
     if last and cuda.threadIdx.x == 0:
