@@ -553,3 +553,35 @@ def test_status_tickets_reset(rng):
                                           partials.dev, den, False)
         assert host(status.dev)[_rows.TICKET_A] == 0
         assert host(den)[0] == 70
+
+
+def test_stream_handle_zero_is_the_legacy_stream(monkeypatch):
+    """PyTorch's and CuPy's default stream (handle 0) is the legacy default
+    stream, also when Numba uses per-thread default streams."""
+    legacy, per_thread = object(), object()
+    monkeypatch.setattr(_arrays, "legacy_default_stream", lambda: legacy)
+    monkeypatch.setattr(_arrays, "per_thread_default_stream", lambda: per_thread)
+    assert _arrays._stream_from_pointer(0) is legacy
+    assert _arrays._stream_from_pointer(1) is legacy
+    assert _arrays._stream_from_pointer(2) is per_thread
+
+
+def test_launch_selects_the_arrays_device(rng, monkeypatch):
+    """A launch makes the arrays' GPU current (simulated here: device 0)."""
+    entered = []
+
+    class Recorder(_arrays.on_device):
+        def __enter__(self):
+            entered.append(self.device_id)
+            return self
+
+    call = _arrays.Call(dev(rng.normal(size=(3, 4))))
+    monkeypatch.setattr(_arrays, "on_device", Recorder)
+    call.device_id = 0
+    x = dev(rng.normal(size=(3, 4)))
+    out = dev(np.zeros((3, 1)))
+    from fastxent.cuda import softmax as softmax_kernels
+
+    call.launch(softmax_kernels.softmax_rows, 1, 32)(x, out, softmax_kernels.LOGSUMEXP, 8, False)
+    assert entered == [0]
+    assert_close(host(out)[:, 0], ref.logsumexp(host(x)), RTOL)
