@@ -103,3 +103,12 @@ def test_log1p_relative_error(rng):
     got = _apply(_log1p_loop, x)
     exact = np.log1p(x)
     assert (np.abs(got - exact) / np.abs(exact)).max() < 1e-15
+
+
+def test_log1p_ends():
+    """log1p at -1 is -inf and at inf is inf (the rounding correction would be
+    NaN there); below -1 and at NaN it is NaN; tiny arguments keep their digits."""
+    x = np.array([-1.0, np.inf, np.nan, -2.0, 0.0, 1e-300, -1e-17, 4.2e-18])
+    with np.errstate(all="ignore"):
+        expected = np.log1p(x)
+    np.testing.assert_array_equal(_apply(_log1p_loop, x), expected)

@@ -189,6 +189,14 @@ def diff_minus(a, b, c):
 
 
 @njit(fastmath=_EXP_FASTMATH, error_model="numpy")
+def sum_of_products(a, x, b, y):
+    """a x + b y in this order, never reassociated (see diff_minus): the
+    binary cross-entropy t log p + (1 - t) log(1 - p), where a rewrite as
+    (log p - log(1 - p)) t + log(1 - p) loses every digit of a tiny loss."""
+    return a * x + b * y
+
+
+@njit(fastmath=_EXP_FASTMATH, error_model="numpy")
 def scaled_diff(w, a, b):
     """w * (a - b), never distributed into w*a - w*b (see diff_minus); sums
     of it in a fast-math loop still vectorise."""
@@ -267,10 +275,13 @@ def _fast_log_overload(x):
 
 @njit(fastmath=_EXP_FASTMATH, error_model="numpy")
 def fast_log1p(x):
-    """log(1 + x) for float64 x > -1, vectorisable.
+    """log(1 + x) for float64 x, vectorisable; -inf at x = -1, inf at
+    x = inf, NaN below -1 and for NaN.
 
     u = 1 + x rounds; the first-order correction ((u - 1) - x) / u restores
     what the rounding lost (the classic log1p trick; these instructions carry
-    no ``reassoc`` flag, so it is not folded away)."""
+    no ``reassoc`` flag, so it is not folded away).  At u = 0 or inf the
+    correction would be NaN: log(u) is the answer there."""
     u = 1.0 + x
-    return _log_f64(u) - ((u - 1.0) - x) / u
+    y = _log_f64(u) - ((u - 1.0) - x) / u
+    return _log_f64(u) if (u == 0.0 or u == np.inf) else y

@@ -28,24 +28,33 @@ iteration's loads before its stores, so each thread keeps several requests in
 flight.  :func:`make_row_map` builds the loop of a pass from a per-element
 function, so that every kernel's second pass shares one loop.
 
-Online softmax (Milakov & Gimelshein 2018), branch-free
---------------------------------------------------------
-Each thread keeps (m, s, d): the running max m, the *shift* s = m when m is
-finite and 0 otherwise, and d = sum exp(x - s) over its columns, in the
-input's dtype.  A batch of columns is added by taking its maximum first, then
-rescaling d once by exp(min(s_old - s_new, 0)), then adding exp(x - s_new)
-for each column: no branch per element.  The shift keeps the special rows
-exact: a row holding +inf gets d = inf (logsumexp +inf), a row of -inf gets
-d = 0 (logsumexp -inf), and the min(., 0) keeps an empty start (m = -inf,
-d = 0) at 0 whatever the first finite maximum.  ``fmax`` ignores NaN, so NaN
-never becomes the max; it reaches d through exp(NaN - s) and so the row's
-result.
+Online softmax (Milakov & Gimelshein 2018), branch-free, with the excess
+------------------------------------------------------------------------
+Each thread keeps (m, s, ones, small): the running max m, the *shift* s = m
+when m is finite and 0 otherwise, and the row's sum d = sum exp(x - s) split
+into ``ones``, the count of columns equal to a finite m (each exp(0) = 1),
+and ``small``, the sum of the other terms, in the input's dtype.  The row's
+log-sum-exp is then M + log1p(excess), excess = (ones - 1) + small: one term
+dominating (logsumexp([0, -40]) = 4.2e-18, a confident cross-entropy loss)
+keeps its relative precision, since 1 + small is never formed.
+
+A batch of columns is added by taking its maximum first; if it raises m,
+the old ones become ordinary terms and everything is rescaled once:
+small <- (small + ones) exp(min(s_old - s_new, 0)), ones <- 0 (selects, no
+branch); then each column adds 1 to ``ones`` (x == m, m finite) or
+exp(x - s) to ``small``.  The shift keeps the special rows exact: a row
+holding +inf gets small = inf (logsumexp +inf), a row of -inf gets ones =
+small = 0 (excess -1, logsumexp -inf), and min(., 0) keeps an empty start
+(m = -inf) at 0 whatever the first finite maximum.  ``fmax`` ignores NaN,
+so NaN never becomes the max; it reaches ``small`` through exp(NaN - s) and
+so the row's result.
 
 Reductions
 ----------
-:func:`group_softmax` merges the threads' (m, s, d) over a group the cheap
-way: the group maximum M first (fmax), then each thread rescales its own d
-by one exp, then plain float64 sums.  With ``shuffle`` (a GPU) the max and
+:func:`group_softmax` merges the threads' states over a group the cheap
+way: the group maximum M first (fmax), then each thread rescales its own
+sums by one exp (threads whose max is M keep their ones), then plain
+float64 sums.  With ``shuffle`` (a GPU) the max and
 sums are warp shuffles, and groups larger than a warp finish with one pass
 through shared memory: each warp's lane 0 stores its partial, one barrier,
 and every warp reduces the (at most 32) partials with shuffles again (the
@@ -92,10 +101,10 @@ SCRATCH = (3, MAX_BLOCK)
 # Shuffle-path slots (32 entries each, in scratch row 0).  Consecutive
 # reductions must use different slots (see the module docstring).
 SLOT_MAX = 0        # group_softmax: the maximum
-SLOT_SUM = 1        # group_softmax: the two sums (slots 1, 2)
-SLOT_ROW = 3        # a per-row group_sum after the second pass (3, 4)
-SLOT_TOTAL = 5      # block_total, every block (5, 6)
-SLOT_FINAL = 7      # block_total, the last block (7, 8)
+SLOT_SUM = 1        # group_softmax: the sums (slots 1-3)
+SLOT_ROW = 4        # a per-row group_sum after the second pass (4-6)
+SLOT_TOTAL = 7      # block_total, every block (7-9)
+SLOT_FINAL = 10     # block_total, the last block (10-12)
 
 # Slots of the per-call int64 ``status`` array (see fastxent.cuda._arrays.status_array).
 BAD = 0        # first bad row / element (atomic min; starts at the item count)
@@ -114,23 +123,38 @@ def shift_of(m, zero):
 
 
 @cuda.jit(device=True)
-def online_rescale(m, s, d, batch_max, zero):
-    """(m, s, d) moved to max(m, batch_max): d scaled once by
-    exp(min(s_old - s_new, 0)).  The caller then adds exp(x - s) per column."""
-    m = fmax(m, batch_max)
-    s_new = shift_of(m, zero)
-    d = d * exp_fast(fmin(s - s_new, zero))
-    return m, s_new, d
+def online_rescale(m, s, ones, small, batch_max, zero):
+    """(m, s, ones, small) moved to max(m, batch_max) (see the module
+    docstring), and whether columns equal to the new m count as ones."""
+    m_new = fmax(m, batch_max)
+    s_new = shift_of(m_new, zero)
+    scale = exp_fast(fmin(s - s_new, zero))
+    grew = m_new != m
+    small = (small + ones) * scale if grew else small
+    ones = zero if grew else ones
+    return m_new, s_new, ones, small, math.isfinite(m_new)
+
+
+@cuda.jit(device=True)
+def online_term(v, m, s, counted, zero, one):
+    """(add to ones, add to small) of column value v under (m, s)."""
+    is_max = counted and v == m
+    return (one if is_max else zero), (zero if is_max else exp_fast(v - s))
+
+
+@cuda.jit(device=True)
+def online_add4(v, m, s, counted, ones, small, zero, one):
+    """Add the four columns v to (ones, small)."""
+    o0, t0 = online_term(v[0], m, s, counted, zero, one)
+    o1, t1 = online_term(v[1], m, s, counted, zero, one)
+    o2, t2 = online_term(v[2], m, s, counted, zero, one)
+    o3, t3 = online_term(v[3], m, s, counted, zero, one)
+    return ones + ((o0 + o1) + (o2 + o3)), small + ((t0 + t1) + (t2 + t3))
 
 
 @cuda.jit(device=True)
 def max4(v):
     return fmax(fmax(v[0], v[1]), fmax(v[2], v[3]))
-
-
-@cuda.jit(device=True)
-def sum_exp4(v, s):
-    return (exp_fast(v[0] - s) + exp_fast(v[1] - s)) + (exp_fast(v[2] - s) + exp_fast(v[3] - s))
 
 
 @cuda.jit(device=True)
@@ -190,69 +214,77 @@ def _load1_if(xr, j, ok, fill):
 
 
 @cuda.jit(device=True)
-def _online_chunks(xr, p, step4, ok1, ok2, ok3, m, s, d):
+def _online_chunks(xr, p, step4, ok1, ok2, ok3, state):
     """Add four chunks at p, p + step4, ... (chunk 0 always present, chunk
-    k when ok_k) to the online (m, s, d): all loads first, one rescale."""
+    k when ok_k) to the online state: all loads first, one rescale."""
     zero = xr.dtype.type(0.0)
+    one = xr.dtype.type(1.0)
     fill = xr.dtype.type(-np.inf)  # adds exp(-inf) = 0 and never becomes the max
     v0 = load4(xr, p)
     v1 = _load4_if(xr, p + step4, ok1, fill)
     v2 = _load4_if(xr, p + 2 * step4, ok2, fill)
     v3 = _load4_if(xr, p + 3 * step4, ok3, fill)
-    m, s, d = online_rescale(m, s, d, fmax(fmax(max4(v0), max4(v1)), fmax(max4(v2), max4(v3))), zero)
-    return m, s, d + ((sum_exp4(v0, s) + sum_exp4(v1, s)) + (sum_exp4(v2, s) + sum_exp4(v3, s)))
+    m, s, ones, small = state
+    m, s, ones, small, counted = online_rescale(
+        m, s, ones, small, fmax(fmax(max4(v0), max4(v1)), fmax(max4(v2), max4(v3))), zero)
+    ones, small = online_add4(v0, m, s, counted, ones, small, zero, one)
+    ones, small = online_add4(v1, m, s, counted, ones, small, zero, one)
+    ones, small = online_add4(v2, m, s, counted, ones, small, zero, one)
+    ones, small = online_add4(v3, m, s, counted, ones, small, zero, one)
+    return m, s, ones, small
 
 
 @cuda.jit(device=True)
-def _online_columns(xr, j0, j1, j2, j3, ok0, ok1, ok2, ok3, m, s, d):
-    """Add the columns j_k (those with ok_k) to the online (m, s, d)."""
+def _online_columns(xr, j0, j1, j2, j3, ok0, ok1, ok2, ok3, state):
+    """Add the columns j_k (those with ok_k) to the online state."""
     zero = xr.dtype.type(0.0)
+    one = xr.dtype.type(1.0)
     fill = xr.dtype.type(-np.inf)
     v = (_load1_if(xr, j0, ok0, fill), _load1_if(xr, j1, ok1, fill),
          _load1_if(xr, j2, ok2, fill), _load1_if(xr, j3, ok3, fill))
-    m, s, d = online_rescale(m, s, d, max4(v), zero)
-    return m, s, d + sum_exp4(v, s)
+    m, s, ones, small = state
+    m, s, ones, small, counted = online_rescale(m, s, ones, small, max4(v), zero)
+    ones, small = online_add4(v, m, s, counted, ones, small, zero, one)
+    return m, s, ones, small
 
 
 @cuda.jit(device=True)
 def row_online(xr, lane, tpr, vector, head, chunks):
-    """This thread's online (m, s, d) over its columns of ``xr`` (see the
-    module docstring), in the row's dtype: (-inf, 0, 0) with no columns.
-    Each loop iteration loads four chunks (or four columns) before using
-    any; the rest of the thread's columns is one masked batch."""
-    m = xr.dtype.type(-np.inf)
-    s = xr.dtype.type(0.0)
-    d = xr.dtype.type(0.0)
+    """This thread's online (m, s, ones, small) over its columns of ``xr``
+    (see the module docstring), in the row's dtype: (-inf, 0, 0, 0) with no
+    columns.  Each loop iteration loads four chunks (or four columns) before
+    using any; the rest of the thread's columns is one masked batch."""
+    zero = xr.dtype.type(0.0)
+    state = (xr.dtype.type(-np.inf), zero, zero, zero)
     n = xr.shape[0]
     step = np.int64(tpr)
     if vector:
         c = np.int64(lane)
         while c + 3 * step < chunks:
-            m, s, d = _online_chunks(xr, head + 4 * c, 4 * step, True, True, True, m, s, d)
+            state = _online_chunks(xr, head + 4 * c, 4 * step, True, True, True, state)
             c += 4 * step
         if c < chunks:
-            m, s, d = _online_chunks(xr, head + 4 * c, 4 * step, c + step < chunks,
-                                     c + 2 * step < chunks, c + 3 * step < chunks, m, s, d)
+            state = _online_chunks(xr, head + 4 * c, 4 * step, c + step < chunks,
+                                   c + 2 * step < chunks, c + 3 * step < chunks, state)
         body_end = head + 4 * chunks
         left = head + (n - body_end)
         q = np.int64(lane)
         if q < left:
-            m, s, d = _online_columns(
+            state = _online_columns(
                 xr, leftover_column(q, head, body_end), leftover_column(q + step, head, body_end),
                 leftover_column(q + 2 * step, head, body_end),
                 leftover_column(q + 3 * step, head, body_end),
-                True, q + step < left, q + 2 * step < left, q + 3 * step < left, m, s, d)
+                True, q + step < left, q + 2 * step < left, q + 3 * step < left, state)
     else:
         j = np.int64(lane)
         while j + 3 * step < n:
-            m, s, d = _online_columns(xr, j, j + step, j + 2 * step, j + 3 * step,
-                                      True, True, True, True, m, s, d)
+            state = _online_columns(xr, j, j + step, j + 2 * step, j + 3 * step,
+                                    True, True, True, True, state)
             j += 4 * step
         if j < n:
-            m, s, d = _online_columns(xr, j, j + step, j + 2 * step, j + 3 * step,
-                                      True, j + step < n, j + 2 * step < n, j + 3 * step < n,
-                                      m, s, d)
-    return m, s, d
+            state = _online_columns(xr, j, j + step, j + 2 * step, j + 3 * step,
+                                    True, j + step < n, j + 2 * step < n, j + 3 * step < n, state)
+    return state
 
 
 def make_row_map(element):
@@ -394,14 +426,15 @@ def _warp_max(v, width):
 
 
 @cuda.jit(device=True)
-def _warp_sum(a, b, width):
-    """Xor-shuffle sums of a and b over aligned groups of ``width`` (<= 32) lanes."""
+def _warp_sum(a, b, c, width):
+    """Xor-shuffle sums of a, b and c over aligned groups of ``width`` (<= 32) lanes."""
     offset = width // 2
     while offset > 0:
         a += cuda.shfl_xor_sync(FULL_MASK, a, offset)
         b += cuda.shfl_xor_sync(FULL_MASK, b, offset)
+        c += cuda.shfl_xor_sync(FULL_MASK, c, offset)
         offset //= 2
-    return a, b
+    return a, b, c
 
 
 @cuda.jit(device=True)
@@ -425,19 +458,21 @@ def _shuffle_max(v, tpr, scratch):
 
 
 @cuda.jit(device=True)
-def _shuffle_sum(a, b, tpr, scratch, slot):
-    a, b = _warp_sum(a, b, min(tpr, 32))
+def _shuffle_sum(a, b, c, tpr, scratch, slot):
+    a, b, c = _warp_sum(a, b, c, min(tpr, 32))
     if tpr <= 32:
         syncwarp()  # every lane's earlier reads done before any lane writes
-        return a, b
+        return a, b, c
     warps, first, lane = _across_warps(tpr)
     if lane == 0:
         warp = cuda.threadIdx.x // 32
         scratch[0, 32 * slot + warp] = a
         scratch[0, 32 * (slot + 1) + warp] = b
+        scratch[0, 32 * (slot + 2) + warp] = c
     cuda.syncthreads()
     k = first + lane % warps
-    return _warp_sum(scratch[0, 32 * slot + k], scratch[0, 32 * (slot + 1) + k], warps)
+    return _warp_sum(scratch[0, 32 * slot + k], scratch[0, 32 * (slot + 1) + k],
+                     scratch[0, 32 * (slot + 2) + k], warps)
 
 
 @cuda.jit(device=True)
@@ -460,27 +495,31 @@ def _shared_max(v, tpr, scratch):
 
 
 @cuda.jit(device=True)
-def _shared_sum(a, b, tpr, scratch):
+def _shared_sum(a, b, c, tpr, scratch):
     """Tree sums through shared memory over groups of ``tpr`` threads."""
     t = cuda.threadIdx.x
     lane = t % tpr
-    scratch[1, t] = a
-    scratch[2, t] = b
+    scratch[0, t] = a
+    scratch[1, t] = b
+    scratch[2, t] = c
     cuda.syncthreads()
     step = tpr // 2
     while step > 0:
         if lane < step:
-            a += scratch[1, t + step]
-            b += scratch[2, t + step]
-            scratch[1, t] = a
-            scratch[2, t] = b
+            a += scratch[0, t + step]
+            b += scratch[1, t + step]
+            c += scratch[2, t + step]
+            scratch[0, t] = a
+            scratch[1, t] = b
+            scratch[2, t] = c
         cuda.syncthreads()
         step //= 2
     first = t - lane
-    a = scratch[1, first]
-    b = scratch[2, first]
+    a = scratch[0, first]
+    b = scratch[1, first]
+    c = scratch[2, first]
     cuda.syncthreads()  # the scratch may be reused right after
-    return a, b
+    return a, b, c
 
 
 @cuda.jit(device=True)
@@ -494,29 +533,43 @@ def group_max(v, tpr, shuffle, scratch):
 
 
 @cuda.jit(device=True)
-def group_sum(a, b, tpr, shuffle, scratch, slot):
-    """(sum of a, sum of b) over each group of ``tpr`` threads (float64).
+def group_sum3(a, b, c, tpr, shuffle, scratch, slot):
+    """(sum of a, of b, of c) over each group of ``tpr`` threads (float64).
     Every thread of the block must call it (it may hold barriers);
     ``slot`` is the shuffle path's shared-memory slot (``SLOT_*``)."""
     a = float64(a)
     b = float64(b)
+    c = float64(c)
     tpr = np.int64(tpr)
     if shuffle:
-        return _shuffle_sum(a, b, tpr, scratch, slot)
-    return _shared_sum(a, b, tpr, scratch)
+        return _shuffle_sum(a, b, c, tpr, scratch, slot)
+    return _shared_sum(a, b, c, tpr, scratch)
 
 
 @cuda.jit(device=True)
-def group_softmax(m, s, d, e, tpr, shuffle, scratch):
-    """Merge the threads' online (m, s, d) over each group of ``tpr`` threads
-    and sum e: returns (M, D, E) in float64, D = sum exp(x - shift(M)) over
-    the group's columns.  One exp per thread (its own rescale)."""
+def group_sum(a, b, tpr, shuffle, scratch, slot):
+    """(sum of a, sum of b) over each group of ``tpr`` threads (float64)."""
+    sa, sb, _ = group_sum3(a, b, 0.0, tpr, shuffle, scratch, slot)
+    return sa, sb
+
+
+@cuda.jit(device=True)
+def group_softmax(state, e, tpr, shuffle, scratch):
+    """Merge the threads' online states (:func:`row_online`) over each group
+    of ``tpr`` threads and sum e: returns (M, excess, D, E) in float64, D =
+    sum exp(x - shift(M)) over the group's columns and excess = D - 1 kept
+    without cancellation (log1p(excess) is the log of the sum).  One exp per
+    thread (its own rescale)."""
+    m, s, ones, small = state
     zero = s - s
     big = group_max(m, tpr, shuffle, scratch)
     shift = shift_of(cast_like(big, zero), zero)
-    scaled = d * exp_fast(fmin(s - shift, zero))
-    total_d, total_e = group_sum(scaled, e, tpr, shuffle, scratch, SLOT_SUM)
-    return big, total_d, total_e
+    scale = exp_fast(fmin(s - shift, zero))
+    at_max = float64(m) == big
+    total_ones, total_small, total_e = group_sum3(
+        ones if at_max else zero, (small + (zero if at_max else ones)) * scale, e,
+        tpr, shuffle, scratch, SLOT_SUM)
+    return big, (total_ones - 1.0) + total_small, total_ones + total_small, total_e
 
 
 @cuda.jit(device=True)

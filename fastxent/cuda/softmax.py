@@ -4,7 +4,9 @@ One kernel, three modes: each group of threads (see ``_rows``) computes its
 row's online (max, sum) in one read, merges it over the group, then either
 writes the logsumexp (one value per row) or makes a second pass over the row
 writing exp(x - m) / d or (x - m) - log d (loads of a batch before its
-stores, 16-byte accesses where the rows are aligned).  Rows holding +inf, or
+stores, 16-byte accesses where the rows are aligned).  log d is log1p of the
+excess d - 1 (see ``_rows``), so a log-sum-exp near 0 keeps its relative
+precision.  Rows holding +inf, or
 only -inf, give NaN softmax / log-softmax rows (as on the CPU and in
 PyTorch); logsumexp gives +inf and -inf for them.
 """
@@ -14,7 +16,7 @@ import math
 import numpy as np
 
 from fastxent.cuda._config import MAX_REGISTERS
-from fastxent.cuda._numba_cuda import cuda, div, exp_fast, kernel, log
+from fastxent.cuda._numba_cuda import cuda, div, exp_fast, kernel, log1p
 from numba import float64
 
 from fastxent.cuda._rows import (SCRATCH, first_row, group_softmax, loop_rows, make_row_map,
@@ -49,9 +51,8 @@ def softmax_rows(x, out, mode, tpr, shuffle):
     for it in range(loop_rows(n_rows, groups)):
         row = first + it * step
         active = row < n_rows
-        tm = x.dtype.type(-np.inf)
-        ts = x.dtype.type(0.0)
-        td = x.dtype.type(0.0)
+        zero = x.dtype.type(0.0)
+        state = (x.dtype.type(-np.inf), zero, zero, zero)
         vector, head, chunks = False, np.int64(0), np.int64(0)
         if active:
             xr = x[row]
@@ -59,13 +60,13 @@ def softmax_rows(x, out, mode, tpr, shuffle):
                 vector, head, chunks = vector_layout(xr, None, None, tpr)
             else:
                 vector, head, chunks = vector_layout(xr, out[row], None, tpr)
-            tm, ts, td = row_online(xr, lane, tpr, vector, head, chunks)
-        m, d, _ = group_softmax(tm, ts, td, 0.0, tpr, shuffle, scratch)
+            state = row_online(xr, lane, tpr, vector, head, chunks)
+        m, excess, d, _ = group_softmax(state, 0.0, tpr, shuffle, scratch)
         if not active:
             continue
         if mode == LOGSUMEXP:
             if lane == 0:
-                out[row, 0] = m + log(d)
+                out[row, 0] = m + log1p(excess)  # relative precision near 0
             continue
         if math.isinf(m):  # +inf or only -inf in the row: NaN, as on the CPU
             m = np.nan
@@ -75,4 +76,4 @@ def softmax_rows(x, out, mode, tpr, shuffle):
                          (shift, x.dtype.type(div(1.0, d))), 0.0)
         else:
             _log_softmax_row(x[row], None, out[row], lane, tpr, vector, head, chunks,
-                             (shift, x.dtype.type(log(d))), 0.0)
+                             (shift, x.dtype.type(log1p(excess))), 0.0)

@@ -37,7 +37,7 @@ import math
 import numpy as np
 
 from fastxent.cuda._config import MAX_REGISTERS
-from fastxent.cuda._numba_cuda import cast_like, cuda, div, exp_fast, kernel, load1, log, store1
+from fastxent.cuda._numba_cuda import cast_like, cuda, div, exp_fast, kernel, load1, log1p, store1
 from numba import float64, int32
 
 from fastxent.cuda._rows import (BAD, SCRATCH, SLOT_ROW, TICKET_A, TICKET_B, block_total,
@@ -82,8 +82,9 @@ def finish_total(acc, partials, status, result, mean, den, den_value, shuffle, s
     reduced loss (divided by the denominator for "mean") to result[0]."""
     last, total, _ = block_total(acc, 0.0, partials, status, TICKET_B, shuffle, scratch, flag)
     if last and cuda.threadIdx.x == 0:
-        if mean:
-            result[0] = div(total, denominator(den, den_value))
+        if mean:  # a zero denominator gives NaN, as fastxent._checks.mean_of
+            d = denominator(den, den_value)
+            result[0] = div(total, d) if d != 0.0 else np.nan
         else:
             result[0] = total
 
@@ -208,9 +209,8 @@ def xent_hard_rows(x, labels, weight, weight_total, ignore_index, smoothing, gra
         active = row < n_rows
         y = np.int64(labels[row]) if active else ignore_index
         keep = active and y != ignore_index and y >= 0 and y < n_classes
-        tm = x.dtype.type(-np.inf)
-        ts = x.dtype.type(0.0)
-        td = x.dtype.type(0.0)
+        zero = x.dtype.type(0.0)
+        state = (x.dtype.type(-np.inf), zero, zero, zero)
         tw = 0.0
         xy = 0.0
         vector, head, chunks = False, np.int64(0), np.int64(0)
@@ -224,11 +224,11 @@ def xent_hard_rows(x, labels, weight, weight_total, ignore_index, smoothing, gra
             xr = x[row]
             if lane == 0:
                 xy = np.float64(xr[y])  # before the group reduction: pass 2 may overwrite it
-            tm, ts, td = row_online(xr, lane, tpr, vector, head, chunks)
+            state = row_online(xr, lane, tpr, vector, head, chunks)
             if smoothing != 0.0 and weight is not None:
                 w_vector, w_head, w_chunks = vector_layout(weight, None, None, tpr)
                 tw = _sum_row(weight, None, None, lane, tpr, w_vector, w_head, w_chunks, 0.0, 0.0)
-        m, d, w_sum = group_softmax(tm, ts, td, tw, tpr, shuffle, scratch)
+        m, excess, d, w_sum = group_softmax(state, tw, tpr, shuffle, scratch)
         if weight is None:
             w_sum = weight_total
         if m == math.inf:  # a row holding +inf: NaN, as on the CPU
@@ -263,7 +263,7 @@ def xent_hard_rows(x, labels, weight, weight_total, ignore_index, smoothing, gra
         if active and lane == 0:
             loss = 0.0
             if keep:
-                log_d = log(d)
+                log_d = log1p(excess)  # relative precision near 0
                 loss = keep_c * w_y * (log_d - (xy - m))
                 if smoothing != 0.0:
                     loss += eps_c * (log_d * w_sum - smooth_sum)
@@ -291,9 +291,8 @@ def xent_soft_rows(x, target, weight, smoothing, grad_scale, grad_rows, grad_ste
     for it in range(loop_rows(n_rows, groups)):
         row = first + it * step
         active = row < n_rows
-        tm = x.dtype.type(-np.inf)
-        ts = x.dtype.type(0.0)
-        td = x.dtype.type(0.0)
+        zero = x.dtype.type(0.0)
+        state = (x.dtype.type(-np.inf), zero, zero, zero)
         tw = 0.0
         vector, head, chunks = False, np.int64(0), np.int64(0)
         if active:
@@ -303,10 +302,10 @@ def xent_soft_rows(x, target, weight, smoothing, grad_scale, grad_rows, grad_ste
                 vector, head, chunks = vector_layout(xr, tr, grad[row], tpr)
             else:
                 vector, head, chunks = vector_layout(xr, tr, None, tpr)
-            tm, ts, td = row_online(xr, lane, tpr, vector, head, chunks)
+            state = row_online(xr, lane, tpr, vector, head, chunks)
             tw = _target_weight_row(tr, None, None, lane, tpr, vector, head, chunks,
                                     (weight, keep_c, eps_c), 0.0)
-        m, d, wt_sum = group_softmax(tm, ts, td, tw, tpr, shuffle, scratch)
+        m, excess, d, wt_sum = group_softmax(state, tw, tpr, shuffle, scratch)
         if m == math.inf:
             m = np.nan
         s = 0.0
@@ -325,7 +324,7 @@ def xent_soft_rows(x, target, weight, smoothing, grad_scale, grad_rows, grad_ste
                 s = _soft_row(xr, tr, None, lane, tpr, vector, head, chunks, params, 0.0)
         s, _ = group_sum(s, 0.0, tpr, shuffle, scratch, SLOT_ROW)
         if active and lane == 0:
-            loss = log(d) * wt_sum - s
+            loss = log1p(excess) * wt_sum - s
             if losses is not None:
                 losses[row] = loss
             else:

@@ -24,6 +24,7 @@ import fastxent as fx
 from fastxent import reference
 from fastxent.cpu._jit import kernel
 from fastxent.cpu._fastmath import fast_exp
+from fastxent.tools._harness import interleaved, parse_shapes
 
 SHAPES = [(65536, 10), (4096, 1000), (1024, 32000), (256, 128000)]
 QUICK_SHAPE = (4096, 1000)
@@ -144,7 +145,8 @@ def _torch_impls(name: str, args: tuple, options: dict) -> Dict[str, Callable[[]
             x = t[0].detach().requires_grad_(True)
             F.cross_entropy(x, t[1], **kw).backward()
             return x.grad
-        return {"torch": fwd_bwd}
+        # the forward alone too: small fused calls should cost at most 1.5x it
+        return {"torch": fwd_bwd, "torch fwd": lambda: F.cross_entropy(t[0], t[1], **kw)}
     return {}
 
 
@@ -215,12 +217,6 @@ class Cell:
         return self.seconds[peer] / self.seconds["fastxent"]
 
 
-def _time_once(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 def measure(name: str, shape: tuple, dtype, rounds: int, peers: bool, seed: int = 0) -> Cell:
     """Median seconds of each implementation of ``name`` at ``shape``, interleaved."""
     n, c = shape
@@ -244,28 +240,22 @@ def measure(name: str, shape: tuple, dtype, rounds: int, peers: bool, seed: int 
     impls["copy floor"] = lambda: np.copyto(copy_dst, args[0])
     if args[0].dtype in (np.float32, np.float64):
         impls["exp floor"] = lambda: _exp_pass(args[0].size, args[0], copy_dst)
-    for fn in impls.values():  # warm-up: JIT compilation, caches, allocator
-        fn()
     # A round is at least ~20 ms of work per implementation, whatever the shape.
-    per_call = max(_time_once(impls["fastxent"]), 1e-6)
-    reps = max(1, int(0.02 / per_call))
-    samples: Dict[str, List[float]] = {k: [] for k in impls}
-    for _ in range(rounds):
-        for key, fn in impls.items():
-            start = time.perf_counter()
-            for _ in range(reps):
-                fn()
-            samples[key].append((time.perf_counter() - start) / reps)
-    return Cell(name, shape, np.dtype(dtype).name, {k: float(np.median(v)) for k, v in samples.items()})
+    seconds = interleaved(impls, rounds, round_seconds=0.02)
+    return Cell(name, shape, np.dtype(dtype).name, seconds)
 
 
 # ----------------------------------------------------------------- output
+# the columns "x vs <peer>"; "torch fwd" is PyTorch's forward alone beside a fused with-grad call
+PEERS = ("numpy", "scipy", "torch", "torch fwd", "jax")
+
+
 def _fmt_time(s: float) -> str:
     return f"{s * 1e6:8.1f} us" if s < 1e-3 else f"{s * 1e3:8.2f} ms"
 
 
 def format_table(cells: List[Cell]) -> str:
-    peers = [p for p in ("numpy", "scipy", "torch", "jax") if any(p in c.seconds for c in cells)]
+    peers = [p for p in PEERS if any(p in c.seconds for c in cells)]
     variants = any("hard labels" in c.seconds for c in cells)
     head = f"{'function':<44}{'shape':>14} {'dtype':>8} {'fastxent':>12}" + "".join(
         f"{'x vs ' + p:>12}" for p in peers) + f"{'x copy':>9}{'x exp':>8}"
@@ -293,7 +283,7 @@ def format_table(cells: List[Cell]) -> str:
 
 def format_markdown(cells: List[Cell]) -> str:
     """The table of :func:`format_table` as Markdown (for docs/performance.md)."""
-    peers = [p for p in ("numpy", "scipy", "torch", "jax") if any(p in c.seconds for c in cells)]
+    peers = [p for p in PEERS if any(p in c.seconds for c in cells)]
     variants = any("hard labels" in c.seconds for c in cells)
     head = ["function", "N x C", "dtype", "fastxent"] + [f"x vs {p}" for p in peers] + ["x copy", "x exp"]
     head += ["cost"] if variants else []
@@ -392,10 +382,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         functions = args.functions or FULL_FUNCTIONS
         shapes, rounds = SHAPES, args.rounds or 9
     if args.shapes:
-        try:
-            shapes = [tuple(int(v) for v in s.lower().split("x")) for s in args.shapes]
-        except ValueError:
-            parser.error(f"--shapes takes NxC values such as 4096x1000, got {args.shapes}")
+        shapes = parse_shapes(parser, args.shapes)
     cells = run(functions, shapes, [np.dtype(d) for d in args.dtype], rounds, not args.no_peers)
     print(format_table(cells))
     if args.json:
