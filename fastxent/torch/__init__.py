@@ -17,10 +17,11 @@ NumPy views, CUDA tensors by the numba.cuda kernels on the current stream.
 float16 is computed in float32; bfloat16 in a float32 work copy (on the CPU
 and on CUDA), results cast back to bfloat16.
 
-``torch.func``: ``grad`` / ``vjp`` work for the default ops (their backward
-is a plain multiplication); ``vmap`` has no batching rule and raises, and
-forward-mode AD (``jvp``) raises; higher-order gradients of the losses are not
-supported (the saved gradient is treated as a constant).
+``torch.func`` transforms (grad, vmap, jvp, ...) are refused with a clear
+NotImplementedError (the kernels read plain tensors); use ``loss.backward()``
+or ``torch.autograd.grad``.  Higher-order gradients of the losses are not
+supported (the saved gradient is a constant); softmax, log_softmax and
+logsumexp have torch-op backwards and do support them.
 """
 
 import torch  # noqa: F401  (fails early, with the usual message, without PyTorch)

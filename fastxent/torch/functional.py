@@ -29,6 +29,18 @@ def _reduction(size_average, reduce, reduction: str) -> str:
     return reduction
 
 
+def _refuse_function_transforms(fn: str) -> None:
+    """torch.func transforms (grad, vmap, jvp, jacrev, ...) wrap tensors in
+    ways the kernels cannot read: say so instead of failing deep inside."""
+    if torch.compiler.is_compiling():
+        return
+    if torch._C._functorch.peek_interpreter_stack() is not None:
+        raise NotImplementedError(
+            f"fastxent.torch.{fn} does not support torch.func transforms (grad, vmap, jvp, "
+            "jacrev, functional_call under them): its gradient comes from a fused kernel. Use "
+            "loss.backward() / torch.autograd.grad, or torch.nn.functional inside the transform")
+
+
 def _wants_grad(*tensors: Optional[Tensor]) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
@@ -76,6 +88,7 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor] = None
     ``torch.compile`` it is ignored (the compiled graph owns its buffers and
     gets the gradient as a separate tensor).
     """
+    _refuse_function_transforms("cross_entropy")
     reduction = _reduction(size_average, reduce, reduction)
     hard = _target_kind(input, target, ignore_index, "cross_entropy")
     _no_grad_for("target", "cross_entropy", target)
@@ -116,6 +129,7 @@ def linear_cross_entropy(input: Tensor, linear_weight: Tensor, target: Tensor, *
     chunked path is always on, so ``options`` is otherwise ignored.
     K-dimensional weights (``out_features != ()``) are not supported.
     """
+    _refuse_function_transforms("linear_cross_entropy")
     if input.dim() < 1 or input.dim() > 2:
         raise RuntimeError(f"expected input with dimensionality 1 or 2, got {input.dim()}")
     if linear_weight.dim() < 2:
@@ -158,6 +172,7 @@ def binary_cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor]
                          reduction: str = "mean") -> Tensor:
     """:func:`torch.nn.functional.binary_cross_entropy` (logs clamped at -100)
     by fastxent's fused kernel."""
+    _refuse_function_transforms("binary_cross_entropy")
     reduction = _reduction(size_average, reduce, reduction)
     if target.shape != input.shape:
         raise ValueError(
@@ -179,6 +194,7 @@ def binary_cross_entropy_with_logits(input: Tensor, target: Tensor,
                                      pos_weight: Optional[Tensor] = None) -> Tensor:
     """:func:`torch.nn.functional.binary_cross_entropy_with_logits` (the stable
     form) by fastxent's fused kernel."""
+    _refuse_function_transforms("binary_cross_entropy_with_logits")
     reduction = _reduction(size_average, reduce, reduction)
     if target.shape != input.shape:
         raise ValueError(
@@ -198,6 +214,7 @@ def _softmax_dim(ndim: int) -> int:
 
 
 def _softmax(input: Tensor, dim: Optional[int], dtype: Optional[torch.dtype], log: bool) -> Tensor:
+    _refuse_function_transforms("log_softmax" if log else "softmax")
     if dim is None:
         dim = _softmax_dim(input.ndim)
     if dtype is not None:
@@ -224,6 +241,7 @@ def log_softmax(input: Tensor, dim: Optional[int] = None, _stacklevel: int = 3,
 def logsumexp(input: Tensor, dim: Union[int, Sequence[int]], keepdim: bool = False) -> Tensor:
     """:func:`torch.logsumexp` by fastxent's kernel (integer inputs are
     promoted to the default float dtype, as PyTorch does)."""
+    _refuse_function_transforms("logsumexp")
     if not input.is_floating_point():
         input = input.to(torch.get_default_dtype())
     dims = [dim] if isinstance(dim, int) else list(dim)
@@ -248,6 +266,7 @@ def kl_div(input: Tensor, target: Tensor, size_average: Optional[bool] = None,
     ``target`` probabilities (log-probabilities with ``log_target``);
     reductions ``"none" | "batchmean" | "sum" | "mean"`` (the mean over all
     elements, with PyTorch's warning)."""
+    _refuse_function_transforms("kl_div")
     if size_average is not None or reduce is not None:
         reduction = reduction_rules.legacy_get_string(size_average, reduce)
     elif reduction == "mean":
