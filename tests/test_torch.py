@@ -194,10 +194,16 @@ def test_inplace_backward_refuses_a_second_backward_and_protects_saved_logits():
     loss = xt.cross_entropy(torch.tanh(h @ W.T), t, inplace_backward=True)
     with pytest.raises(RuntimeError, match="inplace operation"):
         loss.backward()
-    # the default path keeps its buffer: retain_graph works
+    # the default path keeps its buffer: retain_graph works, for leaf logits too
     loss = xt.cross_entropy(h @ W.T, t)
     first = torch.autograd.grad(loss, h, retain_graph=True)[0]
     torch.testing.assert_close(torch.autograd.grad(loss, h)[0], first)
+    logits = (h @ W.T).detach().requires_grad_()
+    loss = xt.cross_entropy(logits, t)
+    single = torch.autograd.grad(F.cross_entropy(logits, t), logits)[0]
+    for times in (1, 2, 3):
+        loss.backward(retain_graph=True)
+        torch.testing.assert_close(logits.grad, times * single)
 
 
 # ---------------------------------------------------- binary cross-entropy

@@ -13,8 +13,9 @@ value per loss element for ``reduction="none"``).  Nothing is traced through
 NumPy.  Two ways to keep the gradient:
 
 * ``cross_entropy`` (default): the gradient is a new tensor of the logits'
-  size, saved with ``save_for_backward`` (so ``retain_graph=True`` works and
-  PyTorch frees it after a normal backward); peak memory 2x the logits.
+  size, kept for the backward (``retain_graph=True`` works; see
+  ``_save_gradient``); peak memory 2x the logits.  When ``grad_output`` is
+  the scalar 1 it is handed on without a multiplication.
 * :class:`CrossEntropyInPlace` (``inplace_backward=True``, eager mode): the
   gradient is written into the logits' own storage and the backward scales it
   in place and hands it on; peak memory 1x the logits.  The buffer is
@@ -113,16 +114,38 @@ def _(logits, target, weight, ignore_index, reduction, label_smoothing, compute_
     return logits.new_empty(_loss_shape(logits, reduction)), logits.new_empty(grad_shape)
 
 
-def _cross_entropy_setup(ctx, inputs, output):
-    ctx.save_for_backward(output[1])
+def _save_gradient(ctx, inputs, output):
+    """Keep the forward's gradient (``output[1]``) for the backward.
+
+    For a non-leaf prediction it is saved with ``save_for_backward`` (PyTorch
+    frees it after a backward without ``retain_graph``) and handed on as is:
+    the upstream op only reads it.  For a leaf (a tensor whose ``.grad`` is
+    filled) it is held on ``ctx`` and handed on as that same object, so that
+    AccumulateGrad copies it instead of adopting it as ``.grad``: an adopted
+    buffer would be changed by the next accumulation and break a later
+    ``retain_graph`` backward.
+    """
+    # the gradient output is never differentiated: no zeros of the logits' size for it
+    ctx.set_materialize_grads(False)
+    gradient = output[1]
+    if inputs[0].is_leaf:
+        ctx.leaf_gradient = gradient.detach()
+    else:
+        ctx.leaf_gradient = None
+        ctx.save_for_backward(gradient)
+
+
+def _saved_gradient(ctx) -> Tensor:
+    return ctx.leaf_gradient if ctx.leaf_gradient is not None else ctx.saved_tensors[0]
 
 
 def _cross_entropy_backward(ctx, grad_loss, _grad_of_grad):
-    (grad,) = ctx.saved_tensors
-    return _scaled(grad, grad_loss, in_place=False), None, None, None, None, None, None
+    if grad_loss is None:  # the loss did not reach the outputs being differentiated
+        return None, None, None, None, None, None, None
+    return _scaled(_saved_gradient(ctx), grad_loss, in_place=False), None, None, None, None, None, None
 
 
-cross_entropy.register_autograd(_cross_entropy_backward, setup_context=_cross_entropy_setup)
+cross_entropy.register_autograd(_cross_entropy_backward, setup_context=_save_gradient)
 
 
 class CrossEntropyInPlace(torch.autograd.Function):
@@ -192,12 +215,7 @@ def _(input, target, weight, pos_weight, reduction, from_logits, compute_grad):
     return input.new_empty(loss_shape), input.new_empty(tuple(input.shape) if compute_grad else (0,))
 
 
-def _bce_backward(ctx, grad_loss, _grad_of_grad):
-    (grad,) = ctx.saved_tensors
-    return _scaled(grad, grad_loss, in_place=False), None, None, None, None, None, None
-
-
-binary_cross_entropy.register_autograd(_bce_backward, setup_context=_cross_entropy_setup)
+binary_cross_entropy.register_autograd(_cross_entropy_backward, setup_context=_save_gradient)
 
 
 # ------------------------------------------------------------------ softmax
@@ -407,6 +425,7 @@ def _(input, linear_weight, target, linear_bias, weight, ignore_index, reduction
 def _linear_setup(ctx, inputs, output):
     (input, linear_weight, target, linear_bias, weight, ignore_index, reduction,
      label_smoothing, l2, chunk_size, compute_grad) = inputs
+    ctx.set_materialize_grads(False)
     ctx.reduction = reduction
     ctx.has_bias = linear_bias is not None
     ctx.dtypes = (input.dtype, linear_weight.dtype,
@@ -419,6 +438,8 @@ def _linear_setup(ctx, inputs, output):
 
 
 def _linear_backward(ctx, grad_loss, *_grads_of_grads):
+    if grad_loss is None:
+        return (None,) * 11
     if ctx.reduction == "none":
         input, linear_weight, target, linear_bias, weight = ctx.saved_tensors
         dx, dW, db = linear_cross_entropy_backward(input, linear_weight, target, linear_bias,
