@@ -1,7 +1,7 @@
 """Fused linear cross-entropy: loss and gradients of a linear softmax classifier
 without ever holding the full (rows x classes) logits.
 
-Seed 000's model: scores f = x Wᵀ + b with W of shape (C, D), per-row loss
+The model: scores f = x Wᵀ + b with W of shape (C, D), per-row loss
 Lₙ = log Σ_c exp f_cn − f_yn, gradient Σₙ (ŷₙ − δₙ) xₙᵀ (+ λW).  The rows are
 processed in chunks; for each chunk
 
@@ -16,12 +16,12 @@ The extra memory is one chunk of logits plus one (C, D) block for the dW
 update, independent of the number of rows.  The chunk size comes from the
 class count and the cache size (:func:`auto_chunk_rows`), or ``chunk_size``.
 
-The ``l2`` penalty (the seed's (λ/2)‖W‖²) is *added to the reduced loss*, and
+The ``l2`` penalty ((λ/2)‖W‖²) is *added to the reduced loss*, and
 its gradient l2·W is added to dW, both times ``grad_output``:
 
     loss = reduce(Lₙ) + (l2/2)‖W‖²,   dW = ∂reduce(Lₙ)/∂W + l2·W.
 
-With ``reduction="sum"`` this is exactly the seed's objective Σₙ Lₙ +
+With ``reduction="sum"`` this is exactly the objective Σₙ Lₙ +
 (λ/2)‖W‖²; with ``"mean"`` only the data term is divided by the denominator
 (like ``F.cross_entropy(x @ W.T, y) + l2/2 * W.square().sum()``).  The
 penalty belongs to no single row, so ``reduction="none"`` with ``l2 != 0`` is a
@@ -39,10 +39,12 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from fastxent import _checks as checks
-from fastxent._api import cross_entropy, cross_entropy_with_grad
-from fastxent._backend import is_cuda_array
+from fastxent._api import (check_labels, class_weight, cross_entropy, cross_entropy_with_grad,
+                           grad_scale)
+from fastxent._backend import Reduction, cpu_backend, is_cuda_array
 
-__all__ = ["linear_cross_entropy", "linear_cross_entropy_with_grad", "auto_chunk_rows"]
+__all__ = ["linear_cross_entropy", "linear_cross_entropy_with_grad", "auto_chunk_rows",
+           "LinearProblem", "run"]
 
 # ------------------------------------------------------------- chunk sizes
 # A block of logits of about the last-level cache size keeps the three GEMMs
@@ -125,118 +127,119 @@ def _check_chunk_size(chunk_size: Any) -> Optional[int]:
     return int(chunk_size)
 
 
-class _Problem:
-    """Validated, normalised inputs: 2-D x (rows, D), W (C, D), bias, targets,
-    the mean's denominator and the gradient scale."""
+class LinearProblem:
+    """One validated, normalised linear cross-entropy problem: the inputs of
+    :func:`linear_cross_entropy` as the chunked loop (:func:`run`) takes them.
+
+    Built by :meth:`from_arguments` (which checks everything the public
+    functions check); the model can be swapped with :meth:`set_parameters`
+    without validating the data again (``fastxent.sklearn`` evaluates one
+    problem at many (W, bias)).
+
+    Fields: ``x2`` (rows, D) and ``W`` (C, D) in the compute ``dtype``,
+    ``bias`` (C,) or None, ``labels`` (int64 (rows,), class indices) or
+    ``soft`` ((rows, C) probabilities), ``weight`` (float64 (C,) or None),
+    ``ignore_index``, ``reduction`` (a :class:`~fastxent._backend.Reduction`),
+    ``smoothing``, ``l2``, ``denominator`` (the mean's: the kept rows' summed
+    weight, or the row count), ``batch_shape`` and ``x_shape`` (for the
+    results), ``result_dtype``, ``chunk_rows``."""
 
     __slots__ = ("x2", "W", "bias", "labels", "soft", "batch_shape", "x_shape", "dtype",
                  "result_dtype", "n_classes", "weight", "ignore_index", "reduction",
-                 "smoothing", "l2", "denominator", "chunk_rows", "hard")
+                 "smoothing", "l2", "denominator", "chunk_rows")
 
+    @property
+    def hard(self) -> bool:
+        """True for class-index targets."""
+        return self.labels is not None
 
-def _prepare(x, W, target, bias, l2, weight, ignore_index, reduction, label_smoothing,
-             chunk_size) -> _Problem:
-    p = _Problem()
-    xa = np.asarray(x)
-    Wa = np.asarray(W)
-    work_x, res_x = checks.compute_dtype(xa.dtype, "x")
-    work_w, res_w = checks.compute_dtype(Wa.dtype, "W")
-    work, result = np.promote_types(work_x, work_w), np.promote_types(res_x, res_w)
-    ba = None
-    if bias is not None:
-        ba = np.asarray(bias)
-        work_b, res_b = checks.compute_dtype(ba.dtype, "bias")
-        work, result = np.promote_types(work, work_b), np.promote_types(result, res_b)
+    @classmethod
+    def from_arguments(cls, x: Any, W: Any, target: Any, *, bias: Any = None, l2: Any = 0.0,
+                       weight: Any = None, ignore_index: Any = checks.IGNORE_INDEX_DEFAULT,
+                       reduction: Any = "mean", label_smoothing: Any = 0.0,
+                       chunk_size: Any = None) -> "LinearProblem":
+        """Validate the public functions' arguments (errors as they raise them)."""
+        backend = cpu_backend()
+        p = cls()
+        xa = backend.array(x, "x")
+        Wa = backend.array(W, "W")
+        ba = None if bias is None else backend.array(bias, "bias")
+        named = [(xa.dtype, "x"), (Wa.dtype, "W")] + ([] if ba is None else [(ba.dtype, "bias")])
+        work, result = checks.common_compute_dtype(*named)
 
-    if xa.ndim == 0:
-        raise ValueError("x must have at least one dimension (the feature axis), got a scalar")
-    if Wa.ndim != 2:
-        raise ValueError(f"W must be a 2-D array of shape (classes, features), got shape {Wa.shape}")
-    n_classes, n_features = Wa.shape
-    if xa.shape[-1] != n_features:
-        raise ValueError(
-            f"x has {xa.shape[-1]} features (last axis) but W has {n_features} "
-            f"(W must have shape (classes, features) = (C, {xa.shape[-1]})), got x {xa.shape} "
-            f"and W {Wa.shape}"
-        )
-    if ba is not None and ba.shape != (n_classes,):
-        raise ValueError(f"bias must have shape (classes,) = ({n_classes},), got {ba.shape}")
-
-    p.reduction = checks.check_reduction(reduction)
-    p.smoothing = checks.check_label_smoothing(label_smoothing)
-    p.ignore_index = checks.check_ignore_index(ignore_index)
-    p.weight = checks.class_weight(weight, n_classes)
-    p.l2 = _check_l2(l2)
-    if p.l2 != 0.0 and p.reduction == "none":
-        raise ValueError(
-            "l2 != 0 needs reduction='mean' or 'sum': the penalty (l2/2)*||W||^2 belongs to no "
-            "single row (add it to the summed per-row losses yourself)"
-        )
-    chunk_size = _check_chunk_size(chunk_size)
-
-    batch_shape = tuple(xa.shape[:-1])
-    n_rows = math.prod(batch_shape)
-    t = np.asarray(target)
-    p.hard = checks.is_class_index_target(t, batch_shape + (n_classes,))
-    if p.hard:
-        labels = t.reshape(n_rows)
-        keep = labels != p.ignore_index
-        bad = keep & ((labels < 0) | (labels >= n_classes))
-        if bad.any():
-            row = int(np.argmax(bad))
-            raise checks.bad_label_error(int(labels[row]), row, batch_shape, n_classes,
-                                         p.ignore_index)
-        kept = labels[keep]
-        p.denominator = float(kept.size) if p.weight is None else float(p.weight[kept].sum())
-        p.labels = labels
-        p.soft = None
-    else:
-        checks.compute_dtype(t.dtype, "target")
-        p.soft = t.reshape(n_rows, n_classes)
-        p.labels = None
-        p.denominator = float(n_rows)
-
-    # Everything checked: now the (possibly copying) conversions.
-    x2 = xa.reshape(n_rows, n_features)
-    if x2.dtype != work:
-        x2 = x2.astype(work)
-    Wc = Wa if Wa.dtype == work else Wa.astype(work)
-    if not (Wc.flags.c_contiguous or Wc.flags.f_contiguous):
-        Wc = np.ascontiguousarray(Wc)  # else every chunk's matmul would copy it
-    p.x2, p.W = x2, Wc
-    p.bias = None if ba is None else np.ascontiguousarray(ba, dtype=work)
-    p.batch_shape, p.x_shape = batch_shape, xa.shape
-    p.dtype, p.result_dtype = np.dtype(work), np.dtype(result)
-    p.n_classes = n_classes
-    p.chunk_rows = chunk_size or auto_chunk_rows(n_rows, n_classes, p.dtype.itemsize)
-    return p
-
-
-def _grad_scale(grad_output: Any, p: _Problem) -> Tuple[float, Optional[np.ndarray]]:
-    """(scalar factor of the data gradient for "mean"/"sum", per-row factors for "none")."""
-    if p.reduction == "none":
-        rows = checks.grad_row_scale(grad_output, "none", p.batch_shape, 1.0)
-        return 1.0, rows
-    if grad_output is None:
-        g = 1.0
-    else:
-        ga = np.asarray(grad_output)
-        checks.compute_dtype(ga.dtype, "grad_output")
-        if ga.ndim != 0:
+        if xa.ndim == 0:
+            raise ValueError("x must have at least one dimension (the feature axis), got a scalar")
+        if Wa.ndim != 2:
+            raise ValueError(f"W must be a 2-D array of shape (classes, features), got shape {Wa.shape}")
+        n_classes, n_features = Wa.shape
+        if xa.shape[-1] != n_features:
             raise ValueError(
-                f"grad_output for reduction={p.reduction!r} must be a scalar, got shape {ga.shape}")
-        g = float(ga)
-    return g, None
+                f"x has {xa.shape[-1]} features (last axis) but W has {n_features} "
+                f"(W must have shape (classes, features) = (C, {xa.shape[-1]})), got x {xa.shape} "
+                f"and W {Wa.shape}"
+            )
+        if ba is not None and ba.shape != (n_classes,):
+            raise ValueError(f"bias must have shape (classes,) = ({n_classes},), got {ba.shape}")
+
+        p.reduction = checks.check_reduction(reduction)
+        p.smoothing = checks.check_label_smoothing(label_smoothing)
+        p.l2 = _check_l2(l2)
+        if p.l2 != 0.0 and p.reduction is Reduction.NONE:
+            raise ValueError(
+                "l2 != 0 needs reduction='mean' or 'sum': the penalty (l2/2)*||W||^2 belongs to no "
+                "single row (add it to the summed per-row losses yourself)"
+            )
+        chunk_size = _check_chunk_size(chunk_size)
+
+        batch_shape = tuple(xa.shape[:-1])
+        n_rows = math.prod(batch_shape)
+        t = backend.array(target, "target")
+        hard = checks.is_class_index_target(t.dtype, t.shape, batch_shape + (n_classes,))
+        p.ignore_index = checks.check_ignore_index(ignore_index, class_indices=hard)
+        p.weight = class_weight(backend, weight, n_classes)
+        if hard:
+            p.labels = backend.flat(t, np.dtype(np.int64))
+            scan = check_labels(backend, t, p.labels, n_classes, p.ignore_index, p.weight,
+                                batch_shape)
+            p.denominator = scan.denominator()
+            p.soft = None
+        else:
+            checks.compute_dtype(t.dtype, "target")
+            p.soft = t.reshape(n_rows, n_classes)
+            p.labels = None
+            p.denominator = float(n_rows)
+
+        # Everything checked: now the (possibly copying) conversions.
+        p.dtype, p.result_dtype = np.dtype(work), np.dtype(result)
+        x2 = xa.reshape(n_rows, n_features)
+        p.x2 = x2 if x2.dtype == work else x2.astype(work)
+        p.n_classes = n_classes
+        p.set_parameters(Wa, ba)
+        p.batch_shape, p.x_shape = batch_shape, xa.shape
+        p.chunk_rows = chunk_size or auto_chunk_rows(n_rows, n_classes, p.dtype.itemsize)
+        return p
+
+    def set_parameters(self, W: np.ndarray, bias: Optional[np.ndarray]) -> None:
+        """Use the model (W, bias), of the shapes the problem was built with,
+        in the problem's compute dtype."""
+        Wc = W if W.dtype == self.dtype else W.astype(self.dtype)
+        if not (Wc.flags.c_contiguous or Wc.flags.f_contiguous):
+            Wc = np.ascontiguousarray(Wc)  # else every chunk's matmul would copy it
+        self.W = Wc
+        self.bias = None if bias is None else np.ascontiguousarray(bias, dtype=self.dtype)
+
+
+def _grad_scale(grad_output: Any, p: LinearProblem) -> Tuple[float, Optional[np.ndarray]]:
+    """(scalar factor of the data gradient for "mean"/"sum", per-row factors for "none")."""
+    scale = grad_scale(cpu_backend(), grad_output, p.reduction, p.batch_shape, broadcast=False)
+    if p.reduction is not Reduction.NONE:
+        return scale.factor, None
+    if scale.rows is None:
+        return 1.0, np.full(math.prod(p.batch_shape), scale.factor)
+    return 1.0, scale.rows
 
 
 # ---------------------------------------------------------------- the loop
-def _mean(total: float, denominator: float) -> float:
-    """total / denominator with PyTorch's answer for an empty denominator."""
-    if denominator == 0:
-        return math.nan if total == 0 or math.isnan(total) else math.copysign(math.inf, total)
-    return total / denominator
-
-
 def _squared_norm(W: np.ndarray) -> float:
     """‖W‖² accumulated in float64, a block of rows at a time (no W-sized copy)."""
     rows = max(1, (1 << 16) // max(W.shape[1], 1))
@@ -247,20 +250,21 @@ def _squared_norm(W: np.ndarray) -> float:
     return total
 
 
-def _run(p: _Problem, want_grad: bool, grad_output: Any = None, want_dx: bool = True):
-    """The chunked loop.  Returns (loss in the result dtype, dx, dW, dbias)."""
+def run(p: LinearProblem, *, want_grad: bool, grad_output: Any = None, want_dx: bool = True):
+    """The chunked loop over ``p``'s rows.  Returns (loss in the result dtype, dx, dW, dbias)."""
     n_rows = p.x2.shape[0]
     C, D = p.W.shape
     chunk = p.chunk_rows
-    none = p.reduction == "none"
-    ce_kw = dict(weight=p.weight, ignore_index=p.ignore_index, label_smoothing=p.smoothing)
+    none = p.reduction is Reduction.NONE
+    ce_kw = dict(weight=p.weight, label_smoothing=p.smoothing)
+    if p.hard:
+        ce_kw["ignore_index"] = p.ignore_index
 
     g, row_scale = (1.0, None)
     if want_grad:
         g, row_scale = _grad_scale(grad_output, p)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        # the data term's gradient factor; 1/0 = inf makes kept rows NaN, as in PyTorch
-        scale = float(np.float64(g) / np.float64(p.denominator)) if p.reduction == "mean" else g
+    # the data term's gradient factor (NaN for a zero denominator, as its mean)
+    scale = checks.mean_of(g, p.denominator) if p.reduction is Reduction.MEAN else g
 
     losses = np.empty(n_rows, dtype=p.dtype) if none else None
     total = 0.0
@@ -319,7 +323,7 @@ def _run(p: _Problem, want_grad: bool, grad_output: Any = None, want_dx: bool = 
         loss = losses.reshape(p.batch_shape).astype(rdt, copy=False)
         loss = loss[()] if loss.ndim == 0 else loss
     else:
-        value = _mean(total, p.denominator) if p.reduction == "mean" else total
+        value = checks.mean_of(total, p.denominator) if p.reduction is Reduction.MEAN else total
         if p.l2 != 0.0:
             value += 0.5 * p.l2 * _squared_norm(p.W)
         loss = rdt.type(value)
@@ -344,14 +348,14 @@ def _refuse_cuda(*arrays) -> None:
 
 def linear_cross_entropy(x: ArrayLike, W: ArrayLike, target: ArrayLike, *,
                          bias: Optional[ArrayLike] = None, l2: float = 0.0,
-                         weight: Optional[ArrayLike] = None, ignore_index: int = -100,
+                         weight: Optional[ArrayLike] = None,
+                         ignore_index: int = checks.IGNORE_INDEX_DEFAULT,
                          reduction: str = "mean", label_smoothing: float = 0.0,
                          chunk_size: Optional[int] = None) -> Any:
     """Cross-entropy of the linear scores ``x @ W.T + bias`` against ``target``,
     plus ``(l2/2) * ||W||**2``, without materialising the full logits.
 
-    ``x`` has shape (..., D) (leading axes are batch axes), ``W`` (C, D) as in
-    seed 000, ``bias`` (C,).  ``target`` and every other keyword have the
+    ``x`` has shape (..., D) (leading axes are batch axes), ``W`` (C, D), ``bias`` (C,).  ``target`` and every other keyword have the
     meaning of :func:`fastxent.cross_entropy` (class indices of shape
     ``x.shape[:-1]`` or probabilities of shape ``x.shape[:-1] + (C,)``).
     The penalty is added to the *reduced* loss (not divided by the mean's
@@ -364,28 +368,31 @@ def linear_cross_entropy(x: ArrayLike, W: ArrayLike, target: ArrayLike, *,
     0.126928
     """
     _refuse_cuda(x, W, target, bias)
-    p = _prepare(x, W, target, bias, l2, weight, ignore_index, reduction, label_smoothing,
-                 chunk_size)
-    return _run(p, want_grad=False)[0]
+    p = LinearProblem.from_arguments(x, W, target, bias=bias, l2=l2, weight=weight,
+                                     ignore_index=ignore_index, reduction=reduction,
+                                     label_smoothing=label_smoothing, chunk_size=chunk_size)
+    return run(p, want_grad=False)[0]
 
 
 def linear_cross_entropy_with_grad(x: ArrayLike, W: ArrayLike, target: ArrayLike, *,
                                    bias: Optional[ArrayLike] = None, l2: float = 0.0,
-                                   weight: Optional[ArrayLike] = None, ignore_index: int = -100,
+                                   weight: Optional[ArrayLike] = None,
+                                   ignore_index: int = checks.IGNORE_INDEX_DEFAULT,
                                    reduction: str = "mean", label_smoothing: float = 0.0,
                                    grad_output: Optional[ArrayLike] = None,
                                    chunk_size: Optional[int] = None):
     """:func:`linear_cross_entropy` and its gradients: ``(loss, (dx, dW, dbias))``.
 
     dx = G W, dW = Gᵀ x + l2·W, dbias = Σ_rows G, with G the gradient of the
-    reduced loss with respect to the logits (seed 000: (ŷ − δ), scaled by the
+    reduced loss with respect to the logits ((ŷ − δ), scaled by the
     reduction), all times ``grad_output`` (a scalar, or one value per row for
     ``reduction="none"``).  ``dbias`` is None without ``bias``.  One fused pass
     per chunk of rows; the extra memory is one chunk of logits and one (C, D)
     block.
     """
     _refuse_cuda(x, W, target, bias)
-    p = _prepare(x, W, target, bias, l2, weight, ignore_index, reduction, label_smoothing,
-                 chunk_size)
-    loss, dx, dW, dbias = _run(p, want_grad=True, grad_output=grad_output)
+    p = LinearProblem.from_arguments(x, W, target, bias=bias, l2=l2, weight=weight,
+                                     ignore_index=ignore_index, reduction=reduction,
+                                     label_smoothing=label_smoothing, chunk_size=chunk_size)
+    loss, dx, dW, dbias = run(p, want_grad=True, grad_output=grad_output)
     return loss, (dx, dW, dbias)

@@ -96,8 +96,17 @@ def _reduce(losses: np.ndarray, reduction: str, denominator: float, dtype: np.dt
     total = np.sum(losses, dtype=np.float64)
     if reduction == "sum":
         return dtype.type(total)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return dtype.type(np.float64(total) / np.float64(denominator))
+    return dtype.type(checks.mean_of(float(total), float(denominator)))
+
+
+def _grad_rows(grad_output, reduction: str, batch_shape: tuple, denominator: float) -> np.ndarray:
+    """grad_output as one factor per row, divided by the mean's denominator."""
+    g = np.asarray(1.0 if grad_output is None else grad_output)
+    checks.compute_dtype(g.dtype, "grad_output")
+    checks.grad_output_shape(g.shape, checks.check_reduction(reduction), batch_shape,
+                             broadcast=False)
+    g = np.broadcast_to(g.astype(np.float64), batch_shape)
+    return g * checks.mean_of(1.0, denominator) if reduction == "mean" else g
 
 
 def _hard_label_terms(logp, t, keep, w, eps, smooth_c):
@@ -126,15 +135,19 @@ def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smooth
                    want_grad, grad_output=None, out=None):
     x, result = _work(logits, "logits")
     checks.last_axis_rows(x.shape, "logits")
-    reduction = checks.check_reduction(reduction)
+    reduction = checks.check_reduction(reduction).value
     eps = checks.check_label_smoothing(label_smoothing)
-    ignore_index = checks.check_ignore_index(ignore_index)
+    t = np.asarray(target)
+    hard = checks.is_class_index_target(t.dtype, t.shape, x.shape)
+    ignore_index = checks.check_ignore_index(ignore_index, class_indices=hard)
     n_classes = x.shape[-1]
     smooth_c = eps / max(n_classes, 1)  # eps/C (no classes: no smoothing terms)
-    w = checks.class_weight(weight, n_classes)
-    w = np.ones(n_classes, x.dtype) if w is None else w.astype(x.dtype)  # compute in x's dtype
-    t = np.asarray(target)
-    hard = checks.is_class_index_target(t, x.shape)
+    if weight is None:
+        w = np.ones(n_classes, x.dtype)
+    else:
+        w = np.asarray(weight)
+        checks.check_class_weight(w.dtype, w.shape, n_classes)
+        w = w.astype(x.dtype)  # compute in x's dtype
 
     logp = log_softmax(x)
     if hard:
@@ -158,22 +171,28 @@ def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smooth
     loss = _reduce(losses, reduction, denominator, result)
     if not want_grad:
         return loss
-    scale = checks.grad_row_scale(grad_output, reduction, x.shape[:-1], denominator)
+    scale = _grad_rows(grad_output, reduction, x.shape[:-1], denominator)
     grad = (grad * scale.astype(x.dtype).reshape(x.shape[:-1] + (1,))).astype(result, copy=False)
     if out is not None:
-        checks.output_array(out, x.shape, result)
+        if not isinstance(out, np.ndarray):
+            raise checks.output_kind_error("out", "a NumPy array", out)
+        checks.check_output(out.shape, out.dtype, x.shape, result)
+        if not out.flags.writeable:
+            raise checks.read_only_error("out")
         out[...] = grad
         return loss, out
     return loss, grad
 
 
 def cross_entropy(logits: ArrayLike, target: ArrayLike, *, weight: Optional[ArrayLike] = None,
-                  ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0) -> Any:
+                  ignore_index: int = checks.IGNORE_INDEX_DEFAULT, reduction: str = "mean",
+                  label_smoothing: float = 0.0) -> Any:
     return _cross_entropy(logits, target, weight, ignore_index, reduction, label_smoothing, False)
 
 
 def cross_entropy_with_grad(logits: ArrayLike, target: ArrayLike, *,
-                            weight: Optional[ArrayLike] = None, ignore_index: int = -100,
+                            weight: Optional[ArrayLike] = None,
+                            ignore_index: int = checks.IGNORE_INDEX_DEFAULT,
                             reduction: str = "mean", label_smoothing: float = 0.0,
                             grad_output: Optional[ArrayLike] = None,
                             out: Optional[np.ndarray] = None) -> Tuple[Any, np.ndarray]:
@@ -187,7 +206,7 @@ def _binary(values, target, weight, pos_weight, reduction, from_logits, want_gra
     v, result = _work(values, name)
     t, _ = _work(target, "target")
     checks.same_shape(v.shape, t.shape, (name, "target"))
-    reduction = checks.check_reduction(reduction)
+    reduction = checks.check_reduction(reduction).value
     t = t.astype(v.dtype, copy=False)
     w = 1.0 if weight is None else np.broadcast_to(_work(weight, "weight")[0].astype(v.dtype), v.shape)
     if from_logits:
@@ -214,7 +233,7 @@ def _binary(values, target, weight, pos_weight, reduction, from_logits, want_gra
         raise ValueError(f"grad_output for reduction={reduction!r} must be a scalar, got shape {np.shape(g)}")
     g = np.broadcast_to(g, v.shape)  # "none": anything that broadcasts, like weight (else ValueError)
     if reduction == "mean":
-        g = g / v.size if v.size else np.nan
+        g = g * checks.mean_of(1.0, v.size)
     return loss, np.broadcast_to(grad * g, v.shape).astype(result)
 
 
@@ -322,7 +341,7 @@ def _linear_operands(x, W, bias):
 
 def linear_cross_entropy_with_grad(x: ArrayLike, W: ArrayLike, target: ArrayLike, *,
                                    bias: Optional[ArrayLike] = None, l2: float = 0.0,
-                                   weight: Optional[ArrayLike] = None, ignore_index: int = -100,
+                                   weight: Optional[ArrayLike] = None, ignore_index: int = checks.IGNORE_INDEX_DEFAULT,
                                    reduction: str = "mean", label_smoothing: float = 0.0,
                                    grad_output=None, chunk_size: Optional[int] = None):
     """Full logits f = x Wᵀ + b, then cross-entropy; (loss, (dx, dW, dbias)).
@@ -347,7 +366,7 @@ def linear_cross_entropy_with_grad(x: ArrayLike, W: ArrayLike, target: ArrayLike
 
 def linear_cross_entropy(x: ArrayLike, W: ArrayLike, target: ArrayLike, *,
                          bias: Optional[ArrayLike] = None, l2: float = 0.0,
-                         weight: Optional[ArrayLike] = None, ignore_index: int = -100,
+                         weight: Optional[ArrayLike] = None, ignore_index: int = checks.IGNORE_INDEX_DEFAULT,
                          reduction: str = "mean", label_smoothing: float = 0.0,
                          chunk_size: Optional[int] = None):
     return linear_cross_entropy_with_grad(x, W, target, bias=bias, l2=l2, weight=weight,

@@ -110,9 +110,9 @@ class _Objective:
         self.M, self.M_inverse_T = _whitening(X, s, self.mu, self.weight_total, l2, n_classes)
         # the linear cross-entropy problem: validated once, W and b swapped in per call
         bias = np.zeros(n_classes) if fit_intercept else None
-        self.problem = _linear._prepare(X, np.zeros((n_classes, d)), y_index, bias,
-                                        0.0 if weighted else l2, None,
-                                        -100, "none" if weighted else "sum", 0.0, None)
+        self.problem = _linear.LinearProblem.from_arguments(
+            X, np.zeros((n_classes, d)), y_index, bias=bias, l2=0.0 if weighted else l2,
+            reduction="none" if weighted else "sum")
         self.row_scale = s / self.weight_total if weighted else None
         self.sample_weight = s if weighted else None
         self.n_evaluations = 0
@@ -141,8 +141,8 @@ class _Objective:
     def objective(self, W, b):
         """J(W, b) itself (not divided by Σs)."""
         p = self.problem
-        p.W, p.bias = np.ascontiguousarray(W, dtype=np.float64), b
-        value = _linear._run(p, want_grad=False)[0]
+        p.set_parameters(W, b)
+        value = _linear.run(p, want_grad=False)[0]
         if self.sample_weight is not None:
             value = float(self.sample_weight @ value) + 0.5 * self.l2 * float(np.sum(W * W))
         return float(value)
@@ -151,15 +151,16 @@ class _Objective:
         self.n_evaluations += 1
         W, b = self.to_model(theta)
         p = self.problem
-        p.W, p.bias = W, b
+        p.set_parameters(W, b)
         if self.sample_weight is None:
             # reduction="sum" with the penalty: J; gradient scaled by 1/Σs
-            loss, _, dW, db = _linear._run(p, True, grad_output=1.0 / self.weight_total,
-                                           want_dx=False)
+            loss, _, dW, db = _linear.run(p, want_grad=True, grad_output=1.0 / self.weight_total,
+                                          want_dx=False)
             value = float(loss) / self.weight_total
         else:
             # per-row losses, gradient of Σ (sₙ/Σs) Lₙ; the penalty added here
-            losses, _, dW, db = _linear._run(p, True, grad_output=self.row_scale, want_dx=False)
+            losses, _, dW, db = _linear.run(p, want_grad=True, grad_output=self.row_scale,
+                                            want_dx=False)
             value = float(self.row_scale @ losses)
             value += 0.5 * self.l2 * float(np.sum(W * W)) / self.weight_total
             dW += (self.l2 / self.weight_total) * W

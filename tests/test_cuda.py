@@ -9,7 +9,7 @@ run several blocks (the last-block reductions).  On a machine with a GPU the
 same tests run on it.
 
 Inputs are Numba device arrays (``cuda.to_device``); the public ``fastxent``
-functions route them to ``fastxent.cuda.api``.  PyTorch's wrapping is tested
+functions route them to ``fastxent.cuda.backend``.  PyTorch's wrapping is tested
 with a CPU tensor that exposes ``__cuda_array_interface__`` (the simulator's
 device memory is host memory), CuPy's only where CuPy and a GPU exist.
 """
@@ -27,7 +27,7 @@ except ImportError as exc:  # no numba.cuda, or no GPU without the simulator
 import fastxent as fx
 from fastxent import reference as ref
 from fastxent.cuda import _arrays, _config
-from fastxent.cuda import api as cuda_api
+from fastxent._backend import backend_of, is_cuda_array
 
 from tests.conftest import as64, assert_close
 
@@ -52,7 +52,7 @@ def check(got, expected, rtol=RTOL, atol=ATOL):
         for g, e in zip(got, expected):
             check(g, e, rtol, atol)
         return
-    assert _arrays.is_device(got), type(got)
+    assert is_cuda_array(got), type(got)
     g = host(got)
     e = np.asarray(expected)
     assert g.dtype == e.dtype, (g.dtype, e.dtype)
@@ -326,7 +326,8 @@ def test_grid_stride_and_last_block(rng, monkeypatch):
 
 def test_direct_api_and_dispatch(rng):
     x = rng.normal(size=(3, 4))
-    check(cuda_api.log_softmax(dev(x)), ref.log_softmax(x))
+    assert backend_of(dev(x)).name == "cuda" and backend_of(x).name == "cpu"
+    check(fx.log_softmax(dev(x)), ref.log_softmax(x))
     assert isinstance(fx.softmax(x), np.ndarray)  # host arrays stay on the CPU
 
 

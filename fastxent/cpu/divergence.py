@@ -73,14 +73,16 @@ def _rows_template(element):
     return divergence_rows
 
 
+ENTROPY, KL, XENT = 0, 1, 2  # the kinds of divergence_rows, as in fastxent.cuda.divergence
+
 _KERNELS = {
-    "entropy": specialise(_rows_template, "entropy_rows", element=entropy_element),
-    "kl": specialise(_rows_template, "kl_rows", element=kl_element),
-    "xent": specialise(_rows_template, "xent_probs_rows", element=xent_element),
+    ENTROPY: specialise(_rows_template, "entropy_rows", element=entropy_element),
+    KL: specialise(_rows_template, "kl_rows", element=kl_element),
+    XENT: specialise(_rows_template, "xent_probs_rows", element=xent_element),
 }
 
 
-def divergence_rows(kind: str, p, q, out, grad, rows_per_task: int) -> None:
-    """out[i] = H(p[i]) ("entropy", q is p), KL(p[i] || q[i]) ("kl") or
-    H(p[i], q[i]) ("xent"), as float64; grad = d/dp (entropy) or d/dq unless None."""
+def divergence_rows(kind: int, p, q, out, grad, rows_per_task: int) -> None:
+    """out[i] = H(p[i]) (kind ENTROPY, q is p), KL(p[i] || q[i]) (KL) or
+    H(p[i], q[i]) (XENT), as float64; grad = d/dp (entropy) or d/dq unless None."""
     _KERNELS[kind](p.size, p, q, out, grad, rows_per_task)

@@ -49,11 +49,15 @@ def _softmax_rows(x, out, log, rows_per_task):
                     out[i, j] *= inv
 
 
-def logsumexp_rows(x: np.ndarray, out: np.ndarray, rows_per_task: int) -> None:
-    """out[i] = log sum_j exp(x[i, j])   (out: float64, shape (rows,))."""
-    _logsumexp_rows(x.size, x, out, rows_per_task)
+LOGSUMEXP, SOFTMAX, LOG_SOFTMAX = 0, 1, 2  # the modes of softmax_rows, as in fastxent.cuda.softmax
 
 
-def softmax_rows(x: np.ndarray, out: np.ndarray, log: bool, rows_per_task: int) -> None:
-    """out = softmax(x) (or log_softmax) along the rows; out has x's shape and dtype."""
-    _softmax_rows(x.size, x, out, log, rows_per_task)
+def softmax_rows(x: np.ndarray, out: np.ndarray, mode: int, rows_per_task: int) -> None:
+    """Along the rows of x: out[i] = log sum_j exp(x[i, j]) (mode LOGSUMEXP;
+    out float64 of shape (rows,)), softmax (SOFTMAX) or log-softmax
+    (LOG_SOFTMAX; out of x's shape and dtype)."""
+    if mode == LOGSUMEXP:
+        _logsumexp_rows(x.size, x, out, rows_per_task)
+    else:
+        log = mode == LOG_SOFTMAX
+        _softmax_rows(x.size, x, out, log, rows_per_task)

@@ -40,20 +40,11 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from fastxent._backend import is_cuda_array
 from fastxent.cuda import _config
 from fastxent.cuda._numba_cuda import (SIMULATED, as_device_array, cuda, default_stream,
                                        external_stream, is_device_array, legacy_default_stream,
                                        per_thread_default_stream)
-
-
-def is_device(obj: Any) -> bool:
-    """True for objects exposing ``__cuda_array_interface__``.  (PyTorch
-    refuses the interface, with a RuntimeError, for tensors that require
-    grad: those are asked ``is_cuda`` and detached by :meth:`Call.device`.)"""
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(obj, torch.Tensor) and obj.requires_grad:
-        return bool(obj.is_cuda) or hasattr(obj.detach(), "__cuda_array_interface__")
-    return hasattr(obj, "__cuda_array_interface__")
 
 
 def _library(obj: Any) -> str:
@@ -106,13 +97,6 @@ class _Interface:
         self.owner = owner
 
 
-def shape_only(dev: Any) -> np.ndarray:
-    """A host array with ``dev``'s shape and dtype and no memory (stride 0),
-    for the metadata checks of ``fastxent._checks`` that take arrays."""
-    return np.lib.stride_tricks.as_strided(np.zeros(1, dtype=dev.dtype), shape=dev.shape,
-                                           strides=(0,) * len(dev.shape))
-
-
 class Buffer:
     """A device allocation: the library's object and the Numba view of it."""
 
@@ -134,7 +118,7 @@ class Call:
     # ------------------------------------------------------------- inputs
     def device(self, obj: Any, name: str) -> Any:
         """The Numba device view of a required array argument."""
-        if not is_device(obj):
+        if not is_cuda_array(obj):
             raise TypeError(
                 f"{name} is a host object ({type(obj).__name__}) while other arguments are CUDA "
                 "arrays: pass every array argument on the same GPU (or all on the host)"

@@ -76,8 +76,9 @@ def finish_total(acc, partials, status, result, mean, den, den_value, shuffle, s
     reduced loss (divided by the denominator for "mean") to result[0]."""
     last, total, _ = block_total(acc, 0.0, partials, status, TICKET_B, shuffle, scratch, flag)
     if last and cuda.threadIdx.x == 0:
-        if mean:
-            result[0] = div(total, denominator(den, den_value))
+        if mean:  # a zero denominator gives NaN, as fastxent._checks.mean_of
+            d = denominator(den, den_value)
+            result[0] = div(total, d) if d != 0.0 else np.nan
         else:
             result[0] = total
 
