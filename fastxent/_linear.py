@@ -250,8 +250,31 @@ def _squared_norm(W: np.ndarray) -> float:
     return total
 
 
-def run(p: LinearProblem, *, want_grad: bool, grad_output: Any = None, want_dx: bool = True):
-    """The chunked loop over ``p``'s rows.  Returns (loss in the result dtype, dx, dW, dbias)."""
+class NumPyGemm:
+    """The chunk loop's matrix products, by NumPy's BLAS.  :func:`run` takes
+    any object with these two methods (``fastxent.torch`` passes one that runs
+    them with ``torch.matmul`` / ``addmm_`` on zero-copy views)."""
+
+    def __init__(self) -> None:
+        self._scratch: Optional[np.ndarray] = None
+
+    def matmul(self, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+        """out = a @ b."""
+        np.matmul(a, b, out=out)
+
+    def matmul_add(self, acc: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
+        """acc += a @ b, through one scratch block of acc's size (reused)."""
+        if self._scratch is None or self._scratch.shape != acc.shape:
+            self._scratch = np.empty_like(acc)
+        np.matmul(a, b, out=self._scratch)
+        acc += self._scratch
+
+
+def run(p: LinearProblem, *, want_grad: bool, grad_output: Any = None, want_dx: bool = True,
+        gemm: Optional[Any] = None):
+    """The chunked loop over ``p``'s rows.  Returns (loss in the result dtype, dx, dW, dbias).
+    ``gemm`` computes the products (default :class:`NumPyGemm`)."""
+    gemm = NumPyGemm() if gemm is None else gemm
     n_rows = p.x2.shape[0]
     C, D = p.W.shape
     chunk = p.chunk_rows
@@ -268,7 +291,7 @@ def run(p: LinearProblem, *, want_grad: bool, grad_output: Any = None, want_dx: 
 
     losses = np.empty(n_rows, dtype=p.dtype) if none else None
     total = 0.0
-    dx2 = dW = dbias = tmp = None
+    dx2 = dW = dbias = None
     if want_grad:
         dx2 = np.empty((n_rows, D), dtype=p.dtype) if want_dx else None
         dW = np.zeros((C, D), dtype=p.dtype)
@@ -284,7 +307,7 @@ def run(p: LinearProblem, *, want_grad: bool, grad_output: Any = None, want_dx: 
         if not (xc.flags.c_contiguous or xc.flags.f_contiguous):
             xc = np.ascontiguousarray(xc)
         logits = buf[: stop - start]
-        np.matmul(xc, WT, out=logits)
+        gemm.matmul(xc, WT, logits)
         if p.bias is not None:
             logits += p.bias
         tc = p.labels[start:stop] if p.hard else p.soft[start:stop]
@@ -307,14 +330,11 @@ def run(p: LinearProblem, *, want_grad: bool, grad_output: Any = None, want_dx: 
             total += float(value)
         # G is the logits buffer, now holding the scaled gradient
         if dx2 is not None:
-            np.matmul(G, p.W, out=dx2[start:stop])
+            gemm.matmul(G, p.W, dx2[start:stop])
         if start == 0 and p.l2 == 0.0:
-            np.matmul(G.T, xc, out=dW)
+            gemm.matmul(G.T, xc, dW)
         else:
-            if tmp is None:
-                tmp = np.empty((C, D), dtype=p.dtype)
-            np.matmul(G.T, xc, out=tmp)
-            dW += tmp
+            gemm.matmul_add(dW, G.T, xc)
         if dbias is not None:
             dbias += np.add.reduce(G, axis=0, dtype=np.float64)
 

@@ -28,6 +28,7 @@ output (traceable, so it compiles and supports double backward).
 
 from __future__ import annotations
 
+import math
 from typing import List, Optional, Tuple
 
 import torch
@@ -35,6 +36,7 @@ from torch import Tensor
 from torch.autograd.graph import increment_version
 
 import fastxent as fx
+from fastxent import _linear
 from fastxent.torch._convert import (empty_placeholder, kernel_array, optional_kernel_array,
                                      result_tensor)
 
@@ -338,14 +340,56 @@ kl_div.register_autograd(_kl_backward, setup_context=_kl_setup)
 
 
 # ---------------------------------------------------- linear cross-entropy
-def _linear_kwargs(linear_bias, weight, ignore_index, reduction, label_smoothing, l2,
-                   chunk_size, hard) -> dict:
+class TorchGemm:
+    """The chunk loop's products (see ``fastxent._linear.NumPyGemm``) by
+    PyTorch on zero-copy views of the NumPy work arrays: PyTorch's BLAS (MKL
+    on x86) is several times faster than NumPy's OpenBLAS on the (rows x C) @
+    (C x D) product of the input gradient, and ``addmm_`` accumulates dW
+    without a (C, D) scratch block."""
+
+    def matmul(self, a, b, out) -> None:
+        torch.matmul(torch.from_numpy(a), torch.from_numpy(b), out=torch.from_numpy(out))
+
+    def matmul_add(self, acc, a, b) -> None:
+        torch.from_numpy(acc).addmm_(torch.from_numpy(a), torch.from_numpy(b))
+
+
+# The chunk of logits is at most 1/16 of the full (rows x C) logits, and a
+# cache-sized block at most (fastxent._linear.auto_chunk_rows), so the extra
+# memory stays well under 1/8 of the logits for any N.
+_CHUNK_FRACTION = 16
+
+
+def _chunk_rows(n_rows: int, n_classes: int, itemsize: int, chunk_size: int) -> int:
+    if chunk_size > 0:
+        return chunk_size
+    rows = _linear.auto_chunk_rows(n_rows, n_classes, itemsize)
+    small = -(-n_rows // _CHUNK_FRACTION)
+    small += -small % 8
+    return max(_linear._MIN_CHUNK_ROWS, min(rows, small))
+
+
+def _linear_run(input, linear_weight, target, linear_bias, weight, ignore_index, reduction,
+                label_smoothing, l2, chunk_size, want_grad, grad_output=None):
+    """fastxent's chunked linear cross-entropy on CPU tensors (NumPy views,
+    GEMMs by PyTorch): ``(loss, dx, dW, dbias)`` as ``_linear.run`` gives them."""
+    if input.is_cuda:
+        raise NotImplementedError(
+            "fastxent.torch.linear_cross_entropy does not take CUDA tensors yet; use "
+            "torch.nn.functional.linear_cross_entropy, or fastxent.torch.cross_entropy on "
+            "logits you computed")
+    hard = not target.is_floating_point()
     kw = dict(bias=optional_kernel_array(linear_bias), weight=optional_kernel_array(weight),
-              reduction=reduction, label_smoothing=label_smoothing, l2=l2,
-              chunk_size=chunk_size if chunk_size > 0 else None)
+              reduction=reduction, label_smoothing=label_smoothing, l2=l2)
     if hard:
         kw["ignore_index"] = ignore_index
-    return kw
+    x = kernel_array(input)
+    n_rows = math.prod(input.shape[:-1])
+    itemsize = max(x.dtype.itemsize, 4)
+    problem = _linear.LinearProblem.from_arguments(
+        x, kernel_array(linear_weight), kernel_array(target),
+        chunk_size=_chunk_rows(n_rows, linear_weight.shape[0], itemsize, chunk_size), **kw)
+    return _linear.run(problem, want_grad=want_grad, grad_output=grad_output, gemm=TorchGemm())
 
 
 def _linear_results(input, linear_weight, linear_bias, grads):
@@ -366,18 +410,14 @@ def linear_cross_entropy(input: Tensor, linear_weight: Tensor, target: Tensor,
     rows (fastxent.linear_cross_entropy): ``(loss, dinput, dweight, dbias)``
     for the scalar reductions when ``compute_grad``, else empty gradients (the
     backward of ``reduction="none"`` recomputes them with its grad_output)."""
-    hard = not target.is_floating_point()
-    kw = _linear_kwargs(linear_bias, weight, ignore_index, reduction, label_smoothing, l2,
-                        chunk_size, hard)
-    x, W, t = kernel_array(input), kernel_array(linear_weight), kernel_array(target)
     dtype = torch.promote_types(input.dtype, linear_weight.dtype)
+    loss, *grads = _linear_run(input, linear_weight, target, linear_bias, weight, ignore_index,
+                               reduction, label_smoothing, l2, chunk_size, compute_grad)
+    loss = result_tensor(loss, dtype, input.device)
     if not compute_grad:
-        loss = fx.linear_cross_entropy(x, W, t, **kw)
         empty = empty_placeholder(input)
-        return result_tensor(loss, dtype, input.device), empty, empty.clone(), empty.clone()
-    loss, grads = fx.linear_cross_entropy_with_grad(x, W, t, **kw)
-    return (result_tensor(loss, dtype, input.device),
-            *_linear_results(input, linear_weight, linear_bias, grads))
+        return loss, empty, empty.clone(), empty.clone()
+    return (loss, *_linear_results(input, linear_weight, linear_bias, grads))
 
 
 @linear_cross_entropy.register_fake
@@ -403,12 +443,9 @@ def linear_cross_entropy_backward(input: Tensor, linear_weight: Tensor, target: 
     """Gradients of :func:`linear_cross_entropy` for a given ``grad_output``
     (one fused chunked pass; used by ``reduction="none"``, whose dW needs the
     per-row factors inside the chunk loop)."""
-    hard = not target.is_floating_point()
-    kw = _linear_kwargs(linear_bias, weight, ignore_index, reduction, label_smoothing, l2,
-                        chunk_size, hard)
-    _, grads = fx.linear_cross_entropy_with_grad(
-        kernel_array(input), kernel_array(linear_weight), kernel_array(target),
-        grad_output=kernel_array(grad_output), **kw)
+    _, *grads = _linear_run(input, linear_weight, target, linear_bias, weight, ignore_index,
+                            reduction, label_smoothing, l2, chunk_size, True,
+                            grad_output=kernel_array(grad_output))
     return _linear_results(input, linear_weight, linear_bias, grads)
 
 
