@@ -41,7 +41,7 @@ from numpy.typing import ArrayLike
 from fastxent import _checks as checks
 from fastxent._api import (check_labels, class_weight, cross_entropy, cross_entropy_with_grad,
                            grad_scale)
-from fastxent._backend import Reduction, cpu_backend, is_cuda_array
+from fastxent._backend import Reduction, backend_of, cpu_backend, is_cuda_array
 
 __all__ = ["linear_cross_entropy", "linear_cross_entropy_with_grad", "auto_chunk_rows",
            "LinearProblem", "run"]
@@ -159,7 +159,7 @@ class LinearProblem:
                        reduction: Any = "mean", label_smoothing: Any = 0.0,
                        chunk_size: Any = None) -> "LinearProblem":
         """Validate the public functions' arguments (errors as they raise them)."""
-        backend = cpu_backend()
+        backend = _host_backend(x, W, target, bias, weight)
         p = cls()
         xa = backend.array(x, "x")
         Wa = backend.array(W, "W")
@@ -227,6 +227,21 @@ class LinearProblem:
             Wc = np.ascontiguousarray(Wc)  # else every chunk's matmul would copy it
         self.W = Wc
         self.bias = None if bias is None else np.ascontiguousarray(bias, dtype=self.dtype)
+
+
+def _host_backend(*arrays: Any) -> Any:
+    """The backend whose native arrays the chunk loop works on: NumPy's, or
+    the torch-CPU kind's (NumPy views in, tensors out)."""
+    backend = backend_of(*arrays)
+    return backend if backend.name == "torch-cpu" else cpu_backend()
+
+
+def _as_kind_of(backend: Any, value: Any) -> Any:
+    """A result of the loop as the backend gives results back (None stays None)."""
+    if value is None or backend.name == "cpu":
+        return value
+    a = np.asarray(value)
+    return backend.result(a, a.dtype, a.shape)
 
 
 def _grad_scale(grad_output: Any, p: LinearProblem) -> Tuple[float, Optional[np.ndarray]]:
@@ -391,7 +406,7 @@ def linear_cross_entropy(x: ArrayLike, W: ArrayLike, target: ArrayLike, *,
     p = LinearProblem.from_arguments(x, W, target, bias=bias, l2=l2, weight=weight,
                                      ignore_index=ignore_index, reduction=reduction,
                                      label_smoothing=label_smoothing, chunk_size=chunk_size)
-    return run(p, want_grad=False)[0]
+    return _as_kind_of(_host_backend(x, W, target, bias, weight), run(p, want_grad=False)[0])
 
 
 def linear_cross_entropy_with_grad(x: ArrayLike, W: ArrayLike, target: ArrayLike, *,
@@ -415,4 +430,5 @@ def linear_cross_entropy_with_grad(x: ArrayLike, W: ArrayLike, target: ArrayLike
                                      ignore_index=ignore_index, reduction=reduction,
                                      label_smoothing=label_smoothing, chunk_size=chunk_size)
     loss, dx, dW, dbias = run(p, want_grad=True, grad_output=grad_output)
-    return loss, (dx, dW, dbias)
+    backend = _host_backend(x, W, target, bias, weight)
+    return _as_kind_of(backend, loss), tuple(_as_kind_of(backend, g) for g in (dx, dW, dbias))

@@ -451,3 +451,38 @@ def test_training_loop_matches_torch_loss():
     ref = run(torch.nn.CrossEntropyLoss(label_smoothing=0.05))
     assert ours[-1] < ours[0] * 0.8  # it learns
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------- the plain API on CPU tensors
+def test_plain_api_takes_and_returns_cpu_tensors():
+    """DESIGN.md's "torch in, torch out" for every public function, on tensors
+    that require grad too, with the NumPy path's values."""
+    import fastxent as fx
+
+    g = rng(12)
+    x = torch.randn(6, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    p = torch.softmax(torch.randn(6, 5, generator=g, dtype=torch.float64), 1)
+    q = torch.softmax(torch.randn(6, 5, generator=g, dtype=torch.float64), 1)
+    y = torch.randint(0, 5, (6,), generator=g)
+    W = torch.randn(4, 5, generator=g, dtype=torch.float64)
+    y4 = torch.randint(0, 4, (6,), generator=g)
+    calls = {
+        "cross_entropy": (x, y), "cross_entropy_with_grad": (x, y), "logsumexp": (x,),
+        "softmax": (x,), "log_softmax": (x,), "binary_cross_entropy": (p, q),
+        "binary_cross_entropy_with_grad": (p, q), "binary_cross_entropy_with_logits": (x, q),
+        "binary_cross_entropy_with_logits_with_grad": (x, q), "entropy": (p,),
+        "entropy_with_grad": (p,), "kl_divergence": (p, q), "kl_divergence_with_grad": (p, q),
+        "cross_entropy_probs": (p, q), "cross_entropy_probs_with_grad": (p, q),
+        "linear_cross_entropy": (x, W, y4), "linear_cross_entropy_with_grad": (x, W, y4),
+    }
+    for name, args in calls.items():
+        ours = getattr(fx, name)(*args)
+        numpy_args = [a.detach().numpy() for a in args]
+        ref = getattr(fx, name)(*numpy_args)
+        flat_ours = ours if isinstance(ours, tuple) else (ours,)
+        flat_ref = ref if isinstance(ref, tuple) else (ref,)
+        if name == "linear_cross_entropy_with_grad":
+            flat_ours, flat_ref = (flat_ours[0], *flat_ours[1][:2]), (flat_ref[0], *flat_ref[1][:2])
+        for a, b in zip(flat_ours, flat_ref):
+            assert isinstance(a, torch.Tensor), (name, type(a))
+            np.testing.assert_allclose(a.numpy(), b, rtol=1e-12, atol=1e-14, err_msg=name)
