@@ -255,23 +255,31 @@ def _grad_scale(grad_output: Any, p: LinearProblem) -> Tuple[float, Optional[np.
 
 
 # ---------------------------------------------------------------- the loop
-def _squared_norm(W: np.ndarray) -> float:
-    """‖W‖² accumulated in float64, a block of rows at a time (no W-sized copy)."""
-    rows = max(1, (1 << 16) // max(W.shape[1], 1))
-    total = 0.0
-    for start in range(0, W.shape[0], rows):
-        block = W[start:start + rows].astype(np.float64).ravel()
-        total += float(np.dot(block, block))
-    return total
+class NumPyOps:
+    """What the chunk loop (:func:`run`) does with arrays, for NumPy arrays:
+    allocation, the three matrix products, the bias and the reductions.
 
-
-class NumPyGemm:
-    """The chunk loop's matrix products, by NumPy's BLAS.  :func:`run` takes
-    any object with these two methods (``fastxent.torch`` passes one that runs
-    them with ``torch.matmul`` / ``addmm_`` on zero-copy views)."""
+    :func:`run` takes any object with these methods: ``fastxent.torch`` passes
+    one made of torch operations (PyTorch's BLAS; CPU and CUDA tensors), so
+    the loop itself exists once.  Every array that reaches the loop from the
+    problem goes through :meth:`asarray` first."""
 
     def __init__(self) -> None:
         self._scratch: Optional[np.ndarray] = None
+
+    def asarray(self, a: Any) -> Any:
+        """A problem field (or None) as this library's array."""
+        return a
+
+    def empty(self, shape: Tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        return np.empty(shape, dtype=dtype)
+
+    def zeros(self, shape: Tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        return np.zeros(shape, dtype=dtype)
+
+    def gemm_operand(self, a: np.ndarray) -> np.ndarray:
+        """``a`` in a layout BLAS takes without a copy per product."""
+        return a if a.flags.c_contiguous or a.flags.f_contiguous else np.ascontiguousarray(a)
 
     def matmul(self, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
         """out = a @ b."""
@@ -284,48 +292,71 @@ class NumPyGemm:
         np.matmul(a, b, out=self._scratch)
         acc += self._scratch
 
+    def scale_into(self, out: np.ndarray, a: np.ndarray, factor: float) -> None:
+        """out = factor * a."""
+        np.multiply(a, out.dtype.type(factor), out=out)
+
+    def add_column_sums(self, acc: np.ndarray, G: np.ndarray) -> None:
+        """acc (float64) += the sums of G's columns, accumulated in float64."""
+        acc += np.add.reduce(G, axis=0, dtype=np.float64)
+
+    def squared_norm(self, W: np.ndarray) -> float:
+        """‖W‖² accumulated in float64, a block of rows at a time (no W-sized copy)."""
+        rows = max(1, (1 << 16) // max(W.shape[1], 1))
+        total = 0.0
+        for start in range(0, W.shape[0], rows):
+            block = W[start:start + rows].astype(np.float64).ravel()
+            total += float(np.dot(block, block))
+        return total
+
+    def result(self, a: np.ndarray, dtype: np.dtype) -> Any:
+        """A result array in the result dtype (0-d: a NumPy scalar)."""
+        a = a.astype(dtype, copy=False)
+        return a[()] if a.ndim == 0 else a
+
 
 def run(p: LinearProblem, *, want_grad: bool, grad_output: Any = None, want_dx: bool = True,
-        gemm: Optional[Any] = None):
+        ops: Optional[Any] = None):
     """The chunked loop over ``p``'s rows.  Returns (loss in the result dtype, dx, dW, dbias).
-    ``gemm`` computes the products (default :class:`NumPyGemm`)."""
-    gemm = NumPyGemm() if gemm is None else gemm
-    n_rows = p.x2.shape[0]
-    C, D = p.W.shape
+    ``ops`` does the array work (default :class:`NumPyOps`)."""
+    ops = NumPyOps() if ops is None else ops
+    x2, W, bias = ops.asarray(p.x2), ops.asarray(p.W), ops.asarray(p.bias)
+    labels, soft = ops.asarray(p.labels), ops.asarray(p.soft)
+    n_rows = x2.shape[0]
+    C, D = W.shape
     chunk = p.chunk_rows
     none = p.reduction is Reduction.NONE
-    ce_kw = dict(weight=p.weight, label_smoothing=p.smoothing)
+    ce_kw = dict(weight=ops.asarray(p.weight), label_smoothing=p.smoothing)
     if p.hard:
         ce_kw["ignore_index"] = p.ignore_index
 
     g, row_scale = (1.0, None)
     if want_grad:
         g, row_scale = _grad_scale(grad_output, p)
+        row_scale = ops.asarray(row_scale)
     # the data term's gradient factor (NaN for a zero denominator, as its mean)
     scale = checks.mean_of(g, p.denominator) if p.reduction is Reduction.MEAN else g
 
-    losses = np.empty(n_rows, dtype=p.dtype) if none else None
+    losses = ops.empty((n_rows,), p.dtype) if none else None
     total = 0.0
     dx2 = dW = dbias = None
     if want_grad:
-        dx2 = np.empty((n_rows, D), dtype=p.dtype) if want_dx else None
-        dW = np.zeros((C, D), dtype=p.dtype)
+        dx2 = ops.empty((n_rows, D), p.dtype) if want_dx else None
+        dW = ops.zeros((C, D), p.dtype)
         if p.l2 != 0.0:
-            np.multiply(p.W, p.dtype.type(g * p.l2), out=dW)
-        dbias = np.zeros(C, dtype=np.float64) if p.bias is not None else None
+            ops.scale_into(dW, W, g * p.l2)
+        dbias = ops.zeros((C,), np.dtype(np.float64)) if bias is not None else None
 
-    buf = np.empty((min(chunk, n_rows), C), dtype=p.dtype) if n_rows else None
-    WT = p.W.T
+    buf = ops.empty((min(chunk, n_rows), C), p.dtype) if n_rows else None
+    WT = W.T
     for start in range(0, n_rows, chunk):
         stop = min(start + chunk, n_rows)
-        xc = p.x2[start:stop]
-        if not (xc.flags.c_contiguous or xc.flags.f_contiguous):
-            xc = np.ascontiguousarray(xc)
+        xc = ops.gemm_operand(x2[start:stop])
         logits = buf[: stop - start]
-        gemm.matmul(xc, WT, logits)
-        if p.bias is not None:
-            logits += p.bias
-        tc = p.labels[start:stop] if p.hard else p.soft[start:stop]
+        ops.matmul(xc, WT, logits)
+        if bias is not None:
+            logits += bias
+        tc = labels[start:stop] if p.hard else soft[start:stop]
 
         if not want_grad:
             value = cross_entropy(logits, tc, reduction="none" if none else "sum", **ce_kw)
@@ -345,31 +376,30 @@ def run(p: LinearProblem, *, want_grad: bool, grad_output: Any = None, want_dx: 
             total += float(value)
         # G is the logits buffer, now holding the scaled gradient
         if dx2 is not None:
-            gemm.matmul(G, p.W, dx2[start:stop])
+            ops.matmul(G, W, dx2[start:stop])
         if start == 0 and p.l2 == 0.0:
-            gemm.matmul(G.T, xc, dW)
+            ops.matmul(G.T, xc, dW)
         else:
-            gemm.matmul_add(dW, G.T, xc)
+            ops.matmul_add(dW, G.T, xc)
         if dbias is not None:
-            dbias += np.add.reduce(G, axis=0, dtype=np.float64)
+            ops.add_column_sums(dbias, G)
 
     rdt = p.result_dtype
     if none:
-        loss = losses.reshape(p.batch_shape).astype(rdt, copy=False)
-        loss = loss[()] if loss.ndim == 0 else loss
+        loss = ops.result(losses.reshape(p.batch_shape), rdt)
     else:
         value = checks.mean_of(total, p.denominator) if p.reduction is Reduction.MEAN else total
         if p.l2 != 0.0:
-            value += 0.5 * p.l2 * _squared_norm(p.W)
+            value += 0.5 * p.l2 * ops.squared_norm(W)
         loss = rdt.type(value)
     if not want_grad:
         return loss, None, None, None
     dx = None
     if dx2 is not None:
-        dx = dx2.reshape(p.x_shape).astype(rdt, copy=False)
-    dW = dW.astype(rdt, copy=False)
+        dx = ops.result(dx2.reshape(p.x_shape), rdt)
+    dW = ops.result(dW, rdt)
     if dbias is not None:
-        dbias = dbias.astype(rdt)
+        dbias = ops.result(dbias, rdt)
     return loss, dx, dW, dbias
 
 

@@ -338,6 +338,23 @@ def test_linear_cross_entropy_l2_unbatched_and_empty():
                                    equal_nan=True)
 
 
+@pytest.mark.parametrize("probabilities", [False, True])
+def test_linear_cross_entropy_device_path_on_cpu_tensors(monkeypatch, probabilities):
+    """The CUDA tensors' path (validation on host stand-ins, device tensors
+    swapped in, every array op in torch) run on CPU tensors."""
+    from fastxent.torch import _ops
+
+    monkeypatch.setattr(_ops, "_validate_on_stand_ins", lambda input: True)
+    x, W, b, t, w = linear_inputs(torch.float64, probabilities=probabilities)
+    kw = dict(weight=w, label_smoothing=0.1) if not probabilities else dict(label_smoothing=0.1)
+    for reduction in REDUCTIONS:
+        check_same(lambda x, W, t, b: xt.linear_cross_entropy(x, W, t, linear_bias=b, reduction=reduction, chunk_size=8, **kw),
+                   lambda x, W, t, b: F.linear_cross_entropy(x, W, t, linear_bias=b, reduction=reduction, **kw),
+                   (x, W, t, b), torch.float64, grad_of=(0, 1, 3))
+    with pytest.raises(IndexError):
+        xt.linear_cross_entropy(x[:2], W, torch.tensor([0, 11]))
+
+
 def test_linear_cross_entropy_module_and_errors():
     torch.manual_seed(0)
     ours = xt.LinearCrossEntropyLoss(6, 11, bias=True, dtype=torch.float64, label_smoothing=0.1)

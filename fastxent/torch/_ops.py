@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 from typing import List, Optional, Tuple
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.autograd.graph import increment_version
@@ -340,18 +341,57 @@ kl_div.register_autograd(_kl_backward, setup_context=_kl_setup)
 
 
 # ---------------------------------------------------- linear cross-entropy
-class TorchGemm:
-    """The chunk loop's products (see ``fastxent._linear.NumPyGemm``) by
-    PyTorch on zero-copy views of the NumPy work arrays: PyTorch's BLAS (MKL
-    on x86) is several times faster than NumPy's OpenBLAS on the (rows x C) @
-    (C x D) product of the input gradient, and ``addmm_`` accumulates dW
-    without a (C, D) scratch block."""
+def _torch_dtype(dtype: np.dtype) -> torch.dtype:
+    return torch.from_numpy(np.empty(0, dtype=dtype)).dtype
+
+
+class TorchOps(_linear.NumPyOps):
+    """The array work of fastxent's chunk loop (``fastxent._linear.run``) in
+    torch operations on ``device``: PyTorch's BLAS for the three products (on
+    x86 CPUs MKL, several times faster than NumPy's OpenBLAS for the
+    (rows x C) @ (C x D) input-gradient product), ``addmm_`` to accumulate
+    dW without a (C, D) scratch block, and the caller's device and stream on
+    CUDA.  Problem fields that are NumPy arrays become tensors (zero-copy on
+    the CPU); the fused kernel is the public ``fastxent.cross_entropy_with_grad``,
+    which takes the chunk tensors (CPU through the torch-cpu kind, CUDA through
+    the numba.cuda backend) and writes the gradient into the chunk in place."""
+
+    def __init__(self, device: torch.device) -> None:
+        super().__init__()
+        self.device = device
+
+    def asarray(self, a):
+        if a is None or isinstance(a, torch.Tensor):
+            return a
+        return torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
+
+    def empty(self, shape, dtype):
+        return torch.empty(shape, dtype=_torch_dtype(dtype), device=self.device)
+
+    def zeros(self, shape, dtype):
+        return torch.zeros(shape, dtype=_torch_dtype(dtype), device=self.device)
+
+    def gemm_operand(self, a):
+        return a if a.is_contiguous() or a.T.is_contiguous() else a.contiguous()
 
     def matmul(self, a, b, out) -> None:
-        torch.matmul(torch.from_numpy(a), torch.from_numpy(b), out=torch.from_numpy(out))
+        torch.matmul(a, b, out=out)
 
     def matmul_add(self, acc, a, b) -> None:
-        torch.from_numpy(acc).addmm_(torch.from_numpy(a), torch.from_numpy(b))
+        acc.addmm_(a, b)
+
+    def scale_into(self, out, a, factor) -> None:
+        torch.mul(a, factor, out=out)
+
+    def add_column_sums(self, acc, G) -> None:
+        acc += G.sum(dim=0, dtype=torch.float64)
+
+    def squared_norm(self, W) -> float:
+        rows = max(1, (1 << 16) // max(W.shape[1], 1))
+        return float(sum(float(block.double().square().sum()) for block in W.split(rows)))
+
+    def result(self, a, dtype):
+        return a.to(_torch_dtype(dtype))
 
 
 # The chunk of logits is at most 1/16 of the full (rows x C) logits, and a
@@ -371,25 +411,55 @@ def _chunk_rows(n_rows: int, n_classes: int, itemsize: int, chunk_size: int) -> 
 
 def _linear_run(input, linear_weight, target, linear_bias, weight, ignore_index, reduction,
                 label_smoothing, l2, chunk_size, want_grad, grad_output=None):
-    """fastxent's chunked linear cross-entropy on CPU tensors (NumPy views,
-    GEMMs by PyTorch): ``(loss, dx, dW, dbias)`` as ``_linear.run`` gives them."""
-    if input.is_cuda:
-        raise NotImplementedError(
-            "fastxent.torch.linear_cross_entropy does not take CUDA tensors yet; use "
-            "torch.nn.functional.linear_cross_entropy, or fastxent.torch.cross_entropy on "
-            "logits you computed")
+    """fastxent's chunked linear cross-entropy (``_linear.run`` with
+    :class:`TorchOps`): ``(loss, dx, dW, dbias)``, tensors on the input's device.
+
+    The problem is validated by ``_linear.LinearProblem`` on host arrays: the
+    NumPy views of CPU tensors; for CUDA tensors, host copies of the labels
+    and class weights (the label check and the mean's denominator need them)
+    and untouched zero stand-ins of the shapes and dtypes of x, W, the bias
+    and probability targets, which are then replaced by the device tensors."""
     hard = not target.is_floating_point()
-    kw = dict(bias=optional_kernel_array(linear_bias), weight=optional_kernel_array(weight),
-              reduction=reduction, label_smoothing=label_smoothing, l2=l2)
+    kw = dict(weight=optional_kernel_array(weight), reduction=reduction,
+              label_smoothing=label_smoothing, l2=l2)
     if hard:
         kw["ignore_index"] = ignore_index
-    x = kernel_array(input)
     n_rows = math.prod(input.shape[:-1])
-    itemsize = max(x.dtype.itemsize, 4)
+    cuda = _validate_on_stand_ins(input)
+    if cuda:
+        kw["weight"] = None if weight is None else weight.detach().double().cpu().numpy()
+        host = lambda t: np.zeros(tuple(t.shape), dtype=_stand_in_dtype(t))  # noqa: E731 (lazy pages)
+        x, W = host(input), host(linear_weight)
+        t = target.detach().cpu().numpy() if hard else host(target)
+        bias = None if linear_bias is None else host(linear_bias)
+    else:
+        x, W, t = kernel_array(input), kernel_array(linear_weight), kernel_array(target)
+        bias = optional_kernel_array(linear_bias)
+    itemsize = max(np.dtype(_stand_in_dtype(input)).itemsize, 4)
     problem = _linear.LinearProblem.from_arguments(
-        x, kernel_array(linear_weight), kernel_array(target),
+        x, W, t, bias=bias,
         chunk_size=_chunk_rows(n_rows, linear_weight.shape[0], itemsize, chunk_size), **kw)
-    return _linear.run(problem, want_grad=want_grad, grad_output=grad_output, gemm=TorchGemm())
+    if cuda:
+        work = _torch_dtype(problem.dtype)
+        problem.x2 = input.detach().reshape(n_rows, input.shape[-1]).to(work)
+        problem.W = linear_weight.detach().to(work).contiguous()
+        problem.bias = None if linear_bias is None else linear_bias.detach().to(work).contiguous()
+        if not hard:
+            problem.soft = target.detach().reshape(n_rows, linear_weight.shape[0])
+    return _linear.run(problem, want_grad=want_grad, grad_output=grad_output,
+                       ops=TorchOps(input.device))
+
+
+def _validate_on_stand_ins(input: Tensor) -> bool:
+    """True for CUDA tensors (a function of its own so that the tests can run
+    this path on CPU tensors)."""
+    return input.is_cuda
+
+
+def _stand_in_dtype(t: Tensor) -> np.dtype:
+    """The NumPy dtype fastxent sees for ``t`` (bfloat16: its float32 work copy)."""
+    return np.dtype(np.float32) if t.dtype == torch.bfloat16 else \
+        torch.empty(0, dtype=t.dtype).numpy().dtype
 
 
 def _linear_results(input, linear_weight, linear_bias, grads):
