@@ -174,7 +174,7 @@ def _cross_entropy(logits: Any, target: Any, weight: Any, ignore_index: Any, red
     hard = checks.is_class_index_target(t.dtype, t.shape, x.shape)
     ignore_index = checks.check_ignore_index(ignore_index, class_indices=hard)
     n_rows, n_classes = layout.n_rows, layout.n_classes
-    w = class_weight(backend, weight, n_classes)
+    w = None if weight is None else class_weight(backend, weight, n_classes)
     scale = (grad_scale(backend, grad_output, reduction, layout.batch_shape, broadcast=False)
              if want_grad else None)
 

@@ -170,12 +170,15 @@ class CpuBackend:
                            grad: Optional[np.ndarray]) -> Any:
         n_rows, n_classes = x2.shape
         denominator = scan.denominator()
-        row_scale = self._row_scale(grad_scale, n_rows, denominator)
+        row_scale = (_NO_ROW_SCALE if grad_scale is None
+                     else self._row_scale(grad_scale, n_rows, denominator))
         weight_total = float(weight.sum()) if weight is not None else float(n_classes)
         losses = np.empty(n_rows)
         xent_kernels.cross_entropy_hard_rows(x2, labels, weight, weight_total, ignore_index,
                                              smoothing, row_scale, losses, grad,
                                              rows_per_task(n_classes))
+        if reduction is Reduction.MEAN:
+            return checks.mean_of(_total(losses), denominator)
         return self._reduce(losses, reduction, denominator)
 
     def cross_entropy_soft(self, x2: np.ndarray, target2: np.ndarray,
