@@ -104,10 +104,10 @@ def test_identities(rng):
     assert_close(fx.logsumexp(x, axis=None), special.logsumexp(fx.logsumexp(x)), rtol=1e-13)
 
 
-def _long_rows(dtype):
-    """Rows of 1000 classes (the one-read online path: blocks of 256) whose
-    max moves, hides behind -inf / NaN blocks, or is infinite."""
-    c = 1000
+def _long_rows(dtype, c):
+    """Rows of c classes (the one-read online path: blocks of 256; softmax
+    from 8192 classes) whose max moves, hides behind -inf / NaN blocks, or is
+    infinite."""
     base = np.linspace(-5.0, 5.0, c)
     rows = {
         "ascending (a new max in every block)": base,
@@ -124,11 +124,12 @@ def _long_rows(dtype):
     return list(rows), np.array(list(rows.values()), dtype=dtype)
 
 
+@pytest.mark.parametrize("n_classes", [1000, 9000])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_long_rows_online_max_and_sum(dtype):
+def test_long_rows_online_max_and_sum(dtype, n_classes):
     """The one-read (max, sum) of long rows against the float64 reference,
     NaN / inf placement included."""
-    names, x = _long_rows(dtype)
+    names, x = _long_rows(dtype, n_classes)
     tol = 1e-5 if dtype == np.float32 else 1e-13
     with np.errstate(all="ignore"):
         checks = [(fx.logsumexp(x), reference.logsumexp(as64(x))),
