@@ -101,10 +101,12 @@ def _grad_element(x, t, j, params):
 
 @cuda.jit(device=True)
 def _grad_smooth_element(x, t, j, params):
-    """Smoothing: exp(x - m) A - B w_j, and the term w_j (x_j - m) of the loss."""
-    shift, a, b, weight, m = params
-    w = class_weight(weight, j)
-    return exp_fast(x - shift) * a - cast_like(b * w, x), w * (np.float64(x) - m)
+    """Smoothing: exp(x - m) A - B w_j, and the term w_j (x_j - m) of the
+    loss, in x's dtype (summed over a chunk in it, then in float64: keeps the
+    loop's registers down; m is a value of the row, exact in its dtype)."""
+    shift, a, b, weight = params
+    w = cast_like(class_weight(weight, j), x)
+    return exp_fast(x - shift) * a - cast_like(b, x) * w, w * (x - shift)
 
 
 @cuda.jit(device=True)
@@ -247,7 +249,7 @@ def xent_hard_rows(x, labels, weight, weight_total, ignore_index, smoothing, gra
                     gr = grad[row]
                     if smoothing != 0.0:
                         smooth_sum = _grad_smooth_row(xr, None, gr, lane, tpr, vector, head, chunks,
-                                                      (shift, a, scale * eps_c, weight, m), 0.0)
+                                                      (shift, a, scale * eps_c, weight), 0.0)
                     else:
                         _grad_row(xr, None, gr, lane, tpr, vector, head, chunks, (shift, a), 0.0)
                     if lane == column_lane(y, tpr, vector, head, chunks):
@@ -255,7 +257,7 @@ def xent_hard_rows(x, labels, weight, weight_total, ignore_index, smoothing, gra
                         store1(gr, y, load1(gr, y) - x.dtype.type(scale * keep_c * w_y))
                 else:
                     smooth_sum = _grad_smooth_row(xr, None, None, lane, tpr, vector, head, chunks,
-                                                  (shift, a, 0.0, weight, m), 0.0)
+                                                  (shift, a, 0.0, weight), 0.0)
             elif grad is not None:  # an ignored row: zero gradient
                 _zero_row(xr, None, grad[row], lane, tpr, vector, head, chunks, 0.0, 0.0)
         if smoothing != 0.0:
