@@ -106,8 +106,9 @@ SLOT_ROW = 4        # a per-row group_sum after the second pass (4-6)
 SLOT_TOTAL = 7      # block_total, every block (7-9)
 SLOT_FINAL = 10     # block_total, the last block (10-12)
 
-# Slots of the per-call int64 ``status`` array (see fastxent.cuda._arrays.status_array).
-BAD = 0        # first bad row / element (atomic min; starts at the item count)
+# Slots of the per-call int64 ``status`` array (zeros, set on the device: see
+# fastxent.cuda._arrays.Call.status).
+BAD = 0        # n - i for the first bad row / element i (atomic max; 0: none)
 TICKET_A = 1   # last-block tickets of the kernels that reduce
 TICKET_B = 2
 

@@ -147,23 +147,23 @@ _soft_row = make_row_map(_soft_element)
 
 
 @cuda.jit(device=True)
-def _label_weight(y, i, n_classes, ignore_index, weight, status):
+def _label_weight(y, i, n_items, n_classes, ignore_index, weight, status):
     """w_y of item i with label y (0 for ignore_index); records a label
     outside [0, C)."""
     y = np.int64(y)
     if y == ignore_index:
         return 0.0
     if y < 0 or y >= n_classes:
-        cuda.atomic.min(status, BAD, i)
+        cuda.atomic.max(status, BAD, n_items - i)  # the max keeps the first bad i
         return 0.0
     return class_weight(weight, y)
 
 
 @kernel(MAX_REGISTERS)
 def scan_labels(labels, n_classes, ignore_index, weight, status, partials, den, shuffle):
-    """status[BAD] = min(status[BAD], first row whose label is outside [0, C)
-    and not ignore_index); den[0] = sum of w_y over the other kept rows.
-    Four labels in flight per thread."""
+    """status[BAD] = max(status[BAD], n - the first row whose label is
+    outside [0, C) and not ignore_index); den[0] = sum of w_y over the other
+    kept rows.  Four labels in flight per thread."""
     scratch = cuda.shared.array(SCRATCH, float64)
     flag = cuda.shared.array(1, int32)
     start, step = grid_start()
@@ -175,13 +175,13 @@ def scan_labels(labels, n_classes, ignore_index, weight, status, partials, den, 
         y1 = load1(labels, i + step)
         y2 = load1(labels, i + 2 * step)
         y3 = load1(labels, i + 3 * step)
-        total += ((_label_weight(y0, i, n_classes, ignore_index, weight, status)
-                   + _label_weight(y1, i + step, n_classes, ignore_index, weight, status))
-                  + (_label_weight(y2, i + 2 * step, n_classes, ignore_index, weight, status)
-                     + _label_weight(y3, i + 3 * step, n_classes, ignore_index, weight, status)))
+        total += ((_label_weight(y0, i, n, n_classes, ignore_index, weight, status)
+                   + _label_weight(y1, i + step, n, n_classes, ignore_index, weight, status))
+                  + (_label_weight(y2, i + 2 * step, n, n_classes, ignore_index, weight, status)
+                     + _label_weight(y3, i + 3 * step, n, n_classes, ignore_index, weight, status)))
         i += 4 * step
     while i < n:
-        total += _label_weight(load1(labels, i), i, n_classes, ignore_index, weight, status)
+        total += _label_weight(load1(labels, i), i, n, n_classes, ignore_index, weight, status)
         i += step
     last, t, _ = block_total(total, 0.0, partials, status, TICKET_A, shuffle, scratch, flag)
     if last and cuda.threadIdx.x == 0:
@@ -197,6 +197,11 @@ def xent_hard_rows(x, labels, weight, weight_total, ignore_index, smoothing, gra
     there are no class weights (C); with weights it is summed per row."""
     scratch = cuda.shared.array(SCRATCH, float64)
     flag = cuda.shared.array(1, int32)
+    if status[BAD] != 0:
+        # the label scan found a bad label: write nothing (every thread of
+        # the launch reads the same value and returns, before any barrier),
+        # so out=logits is never touched even if the host check were deferred
+        return
     n_rows, n_classes = x.shape
     eps_c = smoothing / n_classes if n_classes > 0 else 0.0
     keep_c = 1.0 - smoothing
