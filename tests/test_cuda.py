@@ -586,3 +586,30 @@ def test_launch_selects_the_arrays_device(rng, monkeypatch):
     call.launch(softmax_kernels.softmax_rows, 1, 32)(x, out, softmax_kernels.LOGSUMEXP, 8, False)
     assert entered == [0]
     assert_close(host(out)[:, 0], ref.logsumexp(host(x)), RTOL)
+
+
+def test_status_is_set_on_the_device_and_bad_rows_decode(rng):
+    call = _arrays.Call(dev(np.zeros(3)))
+    status = call.status(10)
+    np.testing.assert_array_equal(host(status.dev), [0, 0, 0])
+    assert _arrays.first_bad(0, 10) == -1
+    assert _arrays.first_bad(10 - 7, 10) == 7
+
+
+def test_loss_kernel_writes_nothing_after_a_bad_scan(rng):
+    """With the scan's verdict 'bad label' in status, the fused kernel
+    returns before writing: an out=logits buffer stays intact even if a
+    caller skipped the host check."""
+    from fastxent.cuda import xent
+
+    x = rng.normal(size=(6, 70))
+    d = dev(x)
+    labels = dev(np.array([0, 1, 2, 3, 4, 99]))
+    status = dev(np.array([1, 0, 0], dtype=np.int64))  # row 5 bad (n - 5 = 1)
+    blocks, threads, tpr = _config.row_launch(6, 70)
+    result = dev(np.full(1, 7.0))
+    xent.xent_hard_rows[blocks, threads](
+        d, labels, None, 70.0, np.int64(-100), 0.0, 1.0, None, np.int64(0), True,
+        dev(np.ones(1)), None, result, dev(np.zeros(2 * blocks)), status, d, tpr, False)
+    np.testing.assert_array_equal(host(d), x)
+    assert host(result)[0] == 7.0

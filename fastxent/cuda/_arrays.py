@@ -175,10 +175,37 @@ class Call:
     def full(self, shape: Sequence[int], dtype: Any, value: float) -> Buffer:
         return self.to_device(np.full(shape, value, dtype=dtype))
 
-    def status(self, bad_default: int) -> Buffer:
-        """The int64 status array of the kernels (see ``_rows``): the 'first
-        bad item' slot at ``bad_default`` (no bad item), the tickets at 0."""
-        return self.to_device(np.array([bad_default, 0, 0], dtype=np.int64))
+    def zeros(self, shape: Sequence[int], dtype: Any) -> Buffer:
+        """A zero-filled device buffer, filled on the device in stream order
+        (no host upload)."""
+        shape, dtype = tuple(int(n) for n in shape), np.dtype(dtype)
+        if self.library == "torch":
+            import torch
+
+            native = torch.zeros(shape, dtype=_torch_dtype(dtype), device=self.primary.device)
+            return Buffer(native, as_device_array(native))
+        if self.library == "cupy":
+            import cupy
+
+            with self.primary.device:
+                native = cupy.zeros(shape, dtype=dtype)
+            return Buffer(native, as_device_array(native))
+        if SIMULATED:
+            dev = cuda.to_device(np.zeros(shape, dtype=dtype))
+            return Buffer(dev, dev)
+        from numba.cuda.cudadrv import driver
+
+        dev = cuda.device_array(shape, dtype=dtype, stream=self.stream)
+        if dev.size:
+            driver.device_memset(dev, 0, dev.nbytes, stream=self.stream)
+        return Buffer(dev, dev)
+
+    def status(self, n_items: int) -> Buffer:
+        """The int64 status array of the kernels (see ``_rows``), all zeros,
+        set on the device: the 'bad item' slot holds n_items - i for the first
+        bad item i (an atomic max; 0: none), the tickets start at 0.  Read it
+        with :func:`first_bad`."""
+        return self.zeros((3,), np.int64)
 
     def read(self, buf: Buffer) -> np.ndarray:
         """Copy a (small) device buffer to the host; waits for the stream."""
@@ -239,6 +266,12 @@ class on_device:
         if self._context is not None:
             self._context.__exit__(*exc)
         return False
+
+
+def first_bad(status_value: int, n_items: int) -> int:
+    """The first bad item recorded in a status array's 'bad item' slot
+    (``status_value``, see :meth:`Call.status`), or -1 for none."""
+    return n_items - int(status_value) if status_value > 0 else -1
 
 
 def synchronize(stream: Any) -> None:

@@ -19,14 +19,16 @@ BLOCK = 32 if SIMULATED else 256
 #: Largest group of threads on one row (one row per block at this size).
 MAX_THREADS_PER_ROW = 32 if SIMULATED else 512
 
-#: Register limit of the row kernels (compiled in: ptxas -maxrregcount),
-#: chosen from the compile report (``tests/cuda_compile.py --ptxas``, see
-#: tests/cuda_budgets.json): every row kernel fits in it without spilling,
-#: and at 40 registers an SM holds 3 blocks of 512 threads (1536 threads,
-#: 75% occupancy; each thread keeps 4 16-byte loads in flight, far more than
-#: the ~22 KB per SM that Little's law asks for at 4.8 TB/s).  No launch uses
-#: more than 512 threads per block with a row kernel (and 40 x 1024 still
-#: fits the 64K registers of an SM, so MAX_BLOCK launches too).
+#: Register limit of the kernels (compiled in: ptxas -maxrregcount), chosen
+#: from the compile report (``python tests/cuda_compile.py --sass``; budgets
+#: in tests/cuda_budgets.json).  Uncapped, ptxas takes 108 (softmax) to 168
+#: (fused cross-entropy with weights) registers, which would leave one
+#: 512-thread block per SM.  At 64 two such blocks fit (1024 threads, each
+#: with four 16-byte loads = 64 bytes in flight: 64 KB per SM, about three
+#: times what Little's law asks for at 4.8 TB/s), the element loops of the
+#: hot paths have no local-memory traffic, and what ptxas spills (76-372
+#: bytes) are row-level values, touched once per row.  Smaller limits move
+#: spills into the loops (48 and below).
 MAX_REGISTERS = 64
 
 #: A row gets about C / ELEMENTS_PER_THREAD threads (rounded up to a power of

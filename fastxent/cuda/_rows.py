@@ -106,8 +106,9 @@ SLOT_ROW = 4        # a per-row group_sum after the second pass (4-6)
 SLOT_TOTAL = 7      # block_total, every block (7-9)
 SLOT_FINAL = 10     # block_total, the last block (10-12)
 
-# Slots of the per-call int64 ``status`` array (see fastxent.cuda._arrays.status_array).
-BAD = 0        # first bad row / element (atomic min; starts at the item count)
+# Slots of the per-call int64 ``status`` array (zeros, set on the device: see
+# fastxent.cuda._arrays.Call.status).
+BAD = 0        # n - i for the first bad row / element i (atomic max; 0: none)
 TICKET_A = 1   # last-block tickets of the kernels that reduce
 TICKET_B = 2
 
@@ -136,20 +137,21 @@ def online_rescale(m, s, ones, small, batch_max, zero):
 
 
 @cuda.jit(device=True)
-def online_term(v, m, s, counted, zero, one):
-    """(add to ones, add to small) of column value v under (m, s)."""
-    is_max = counted and v == m
-    return (one if is_max else zero), (zero if is_max else exp_fast(v - s))
+def online_add(v, m, s, counted, ones, small, zero, one):
+    """Add column value v under (m, s) to (ones, small): exp(v - s) is
+    computed for every column (no branch) and multiplied by 0 where v is the
+    max (there it is exactly 1, which goes to ``ones`` instead)."""
+    other = zero if (counted and v == m) else one
+    return ones + (one - other), small + exp_fast(v - s) * other
 
 
 @cuda.jit(device=True)
 def online_add4(v, m, s, counted, ones, small, zero, one):
     """Add the four columns v to (ones, small)."""
-    o0, t0 = online_term(v[0], m, s, counted, zero, one)
-    o1, t1 = online_term(v[1], m, s, counted, zero, one)
-    o2, t2 = online_term(v[2], m, s, counted, zero, one)
-    o3, t3 = online_term(v[3], m, s, counted, zero, one)
-    return ones + ((o0 + o1) + (o2 + o3)), small + ((t0 + t1) + (t2 + t3))
+    ones, small = online_add(v[0], m, s, counted, ones, small, zero, one)
+    ones, small = online_add(v[1], m, s, counted, ones, small, zero, one)
+    ones, small = online_add(v[2], m, s, counted, ones, small, zero, one)
+    return online_add(v[3], m, s, counted, ones, small, zero, one)
 
 
 @cuda.jit(device=True)
@@ -293,7 +295,8 @@ def make_row_map(element):
     ``xr`` (see :func:`vector_layout`), calls ``element(x, t, j, params)`` ->
     (value, add) with x = xr[j] and t = tr[j] (t = x when ``tr`` is None),
     writes ``outr[j] = value`` unless ``outr`` is None, and returns ``acc``
-    plus the float64 sum of the ``add`` terms.  Each batch of four chunks
+    plus the sum of the ``add`` terms (summed over each chunk of 4 in their
+    own type, then in float64).  Each batch of four chunks
     (or four columns) is loaded before it is stored, so ``outr`` may be
     ``xr`` (in place); the rest of a thread's columns is one masked batch."""
 
@@ -303,7 +306,7 @@ def make_row_map(element):
         o1, a1 = element(x[1], t[1], p + 1, params)
         o2, a2 = element(x[2], t[2], p + 2, params)
         o3, a3 = element(x[3], t[3], p + 3, params)
-        return (o0, o1, o2, o3), (a0 + a1) + (a2 + a3)
+        return (o0, o1, o2, o3), float64((a0 + a1) + (a2 + a3))
 
     @cuda.jit(device=True)
     def load4_t(tr, p, ok, fallback):

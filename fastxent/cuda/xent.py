@@ -101,10 +101,12 @@ def _grad_element(x, t, j, params):
 
 @cuda.jit(device=True)
 def _grad_smooth_element(x, t, j, params):
-    """Smoothing: exp(x - m) A - B w_j, and the term w_j (x_j - m) of the loss."""
-    shift, a, b, weight, m = params
-    w = class_weight(weight, j)
-    return exp_fast(x - shift) * a - cast_like(b * w, x), w * (np.float64(x) - m)
+    """Smoothing: exp(x - m) A - B w_j, and the term w_j (x_j - m) of the
+    loss, in x's dtype (summed over a chunk in it, then in float64: keeps the
+    loop's registers down; m is a value of the row, exact in its dtype)."""
+    shift, a, b, weight = params
+    w = cast_like(class_weight(weight, j), x)
+    return exp_fast(x - shift) * a - cast_like(b, x) * w, w * (x - shift)
 
 
 @cuda.jit(device=True)
@@ -145,23 +147,23 @@ _soft_row = make_row_map(_soft_element)
 
 
 @cuda.jit(device=True)
-def _label_weight(y, i, n_classes, ignore_index, weight, status):
+def _label_weight(y, i, n_items, n_classes, ignore_index, weight, status):
     """w_y of item i with label y (0 for ignore_index); records a label
     outside [0, C)."""
     y = np.int64(y)
     if y == ignore_index:
         return 0.0
     if y < 0 or y >= n_classes:
-        cuda.atomic.min(status, BAD, i)
+        cuda.atomic.max(status, BAD, n_items - i)  # the max keeps the first bad i
         return 0.0
     return class_weight(weight, y)
 
 
 @kernel(MAX_REGISTERS)
 def scan_labels(labels, n_classes, ignore_index, weight, status, partials, den, shuffle):
-    """status[BAD] = min(status[BAD], first row whose label is outside [0, C)
-    and not ignore_index); den[0] = sum of w_y over the other kept rows.
-    Four labels in flight per thread."""
+    """status[BAD] = max(status[BAD], n - the first row whose label is
+    outside [0, C) and not ignore_index); den[0] = sum of w_y over the other
+    kept rows.  Four labels in flight per thread."""
     scratch = cuda.shared.array(SCRATCH, float64)
     flag = cuda.shared.array(1, int32)
     start, step = grid_start()
@@ -173,13 +175,13 @@ def scan_labels(labels, n_classes, ignore_index, weight, status, partials, den, 
         y1 = load1(labels, i + step)
         y2 = load1(labels, i + 2 * step)
         y3 = load1(labels, i + 3 * step)
-        total += ((_label_weight(y0, i, n_classes, ignore_index, weight, status)
-                   + _label_weight(y1, i + step, n_classes, ignore_index, weight, status))
-                  + (_label_weight(y2, i + 2 * step, n_classes, ignore_index, weight, status)
-                     + _label_weight(y3, i + 3 * step, n_classes, ignore_index, weight, status)))
+        total += ((_label_weight(y0, i, n, n_classes, ignore_index, weight, status)
+                   + _label_weight(y1, i + step, n, n_classes, ignore_index, weight, status))
+                  + (_label_weight(y2, i + 2 * step, n, n_classes, ignore_index, weight, status)
+                     + _label_weight(y3, i + 3 * step, n, n_classes, ignore_index, weight, status)))
         i += 4 * step
     while i < n:
-        total += _label_weight(load1(labels, i), i, n_classes, ignore_index, weight, status)
+        total += _label_weight(load1(labels, i), i, n, n_classes, ignore_index, weight, status)
         i += step
     last, t, _ = block_total(total, 0.0, partials, status, TICKET_A, shuffle, scratch, flag)
     if last and cuda.threadIdx.x == 0:
@@ -195,6 +197,11 @@ def xent_hard_rows(x, labels, weight, weight_total, ignore_index, smoothing, gra
     there are no class weights (C); with weights it is summed per row."""
     scratch = cuda.shared.array(SCRATCH, float64)
     flag = cuda.shared.array(1, int32)
+    if status[BAD] != 0:
+        # the label scan found a bad label: write nothing (every thread of
+        # the launch reads the same value and returns, before any barrier),
+        # so out=logits is never touched even if the host check were deferred
+        return
     n_rows, n_classes = x.shape
     eps_c = smoothing / n_classes if n_classes > 0 else 0.0
     keep_c = 1.0 - smoothing
@@ -247,7 +254,7 @@ def xent_hard_rows(x, labels, weight, weight_total, ignore_index, smoothing, gra
                     gr = grad[row]
                     if smoothing != 0.0:
                         smooth_sum = _grad_smooth_row(xr, None, gr, lane, tpr, vector, head, chunks,
-                                                      (shift, a, scale * eps_c, weight, m), 0.0)
+                                                      (shift, a, scale * eps_c, weight), 0.0)
                     else:
                         _grad_row(xr, None, gr, lane, tpr, vector, head, chunks, (shift, a), 0.0)
                     if lane == column_lane(y, tpr, vector, head, chunks):
@@ -255,7 +262,7 @@ def xent_hard_rows(x, labels, weight, weight_total, ignore_index, smoothing, gra
                         store1(gr, y, load1(gr, y) - x.dtype.type(scale * keep_c * w_y))
                 else:
                     smooth_sum = _grad_smooth_row(xr, None, None, lane, tpr, vector, head, chunks,
-                                                  (shift, a, 0.0, weight, m), 0.0)
+                                                  (shift, a, 0.0, weight), 0.0)
             elif grad is not None:  # an ignored row: zero gradient
                 _zero_row(xr, None, grad[row], lane, tpr, vector, head, chunks, 0.0, 0.0)
         if smoothing != 0.0:
