@@ -46,13 +46,22 @@ def _axes(x: np.ndarray, axis) -> Tuple[int, ...]:
 
 
 # ----------------------------------------------------------------- softmax
+def _log_sum_exp_shifted(shifted: np.ndarray, axes: Tuple[int, ...]) -> np.ndarray:
+    """log sum exp(shifted) over ``axes`` (keepdims) for shifted = x - max, as
+    log1p of the sum less one max's term exp(0) = 1: a dominating term keeps
+    the result's relative precision (log(1 + 4e-18) is not 0)."""
+    at_max = shifted == 0
+    others = np.sum(np.where(at_max, 0.0, np.exp(shifted)), axis=axes, keepdims=True)
+    return np.log1p(others + (np.sum(at_max, axis=axes, keepdims=True) - 1)).astype(shifted.dtype)
+
+
 def _lse(x: np.ndarray, axes: Tuple[int, ...], finite_shift: bool) -> np.ndarray:
     """log sum exp over ``axes`` with keepdims."""
     m = np.max(x, axis=axes, keepdims=True) if x.size else np.zeros([1] * x.ndim, x.dtype)
     if finite_shift:  # logsumexp: all -inf -> -inf, +inf -> +inf (as scipy)
         m = np.where(np.isfinite(m), m, 0)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        return m + np.log(np.sum(np.exp(x - m), axis=axes, keepdims=True))
+        return m + _log_sum_exp_shifted(x - m, axes)
 
 
 def logsumexp(x: ArrayLike, axis: Axis = -1, keepdims: bool = False) -> Any:
@@ -75,7 +84,7 @@ def log_softmax(x: ArrayLike, axis: Axis = -1) -> np.ndarray:
     m = np.max(a, axis=axes, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         shifted = a - m  # x - max - log sum exp(x - max): exact for huge max
-        return (shifted - np.log(np.sum(np.exp(shifted), axis=axes, keepdims=True))).astype(result, copy=False)
+        return (shifted - _log_sum_exp_shifted(shifted, axes)).astype(result, copy=False)
 
 
 def softmax(x: ArrayLike, axis: Axis = -1) -> np.ndarray:
@@ -211,18 +220,20 @@ def _binary(values, target, weight, pos_weight, reduction, from_logits, want_gra
     w = 1.0 if weight is None else np.broadcast_to(_work(weight, "weight")[0].astype(v.dtype), v.shape)
     if from_logits:
         pw = 1.0 if pos_weight is None else np.broadcast_to(_work(pos_weight, "pos_weight")[0].astype(v.dtype), v.shape)
-        log_weight = 1 + (pw - 1) * t
         with np.errstate(over="ignore", invalid="ignore"):
-            losses = w * ((1 - t) * v + log_weight * (np.log1p(np.exp(-np.abs(v))) + np.maximum(-v, 0)))
+            # (1 - t) softplus(x) + pw t softplus(-x): terms >= 0, no cancellation
+            log1p_e = np.log1p(np.exp(-np.abs(v)))
+            losses = w * ((1 - t) * (log1p_e + np.maximum(v, 0)) + pw * t * (log1p_e + np.maximum(-v, 0)))
             sig = np.where(v >= 0, 1 / (1 + np.exp(-np.abs(v))), np.exp(-np.abs(v)) / (1 + np.exp(-np.abs(v))))
-            grad = w * (sig * log_weight - pw * t)
+            sig_neg = np.where(v < 0, 1 / (1 + np.exp(-np.abs(v))), np.exp(-np.abs(v)) / (1 + np.exp(-np.abs(v))))
+            grad = w * ((1 - t) * sig - pw * t * sig_neg)
     else:
         bad = (v < 0) | (v > 1)
         if bad.any():
             where = np.unravel_index(int(np.flatnonzero(bad.reshape(-1))[0]), v.shape)
             raise ValueError(f"probs must be in [0, 1]; found {v[where]!r} at index {where}")
         with np.errstate(divide="ignore", invalid="ignore"):
-            losses = -w * (t * np.maximum(np.log(v), -100) + (1 - t) * np.maximum(np.log(1 - v), -100))
+            losses = -w * (t * np.maximum(np.log(v), -100) + (1 - t) * np.maximum(np.log1p(-v), -100))
             grad = w * (v - t) / np.maximum(v * (1 - v), float(np.float32(1e-12)))  # PyTorch's float32 epsilon
     losses = np.broadcast_to(losses, v.shape)
     loss = _reduce(losses, reduction, v.size, result)
@@ -290,13 +301,16 @@ def _divergence(p, q, axis, kl):
     a, b, result = _pair(p, q)
     axes = _axes(a, axis)
     with np.errstate(divide="ignore", invalid="ignore"):
-        if kl:  # scipy.special.rel_entr
-            terms = np.where((a > 0) & (b > 0), a * np.log(a / b),
+        if kl:  # scipy.special.rel_entr; log p - log q where p/q over- or underflows
+            ratio = a / b
+            in_range = (ratio < np.inf) & (ratio >= np.finfo(ratio.dtype).tiny)
+            log_ratio = np.where(in_range, np.log(ratio), np.log(a) - np.log(b))
+            terms = np.where((a > 0) & (b > 0), a * log_ratio,
                              np.where((a == 0) & (b >= 0), 0.0, np.inf))
         else:  # -scipy.special.xlogy(p, q)
             terms = np.where(a == 0, 0.0, -a * np.log(b))
         terms = np.where(np.isnan(a) | np.isnan(b), np.nan, terms)
-        grad = np.where(a == 0, 0.0, -a / b)
+        grad = np.where(a == 0, 0.0, -a / np.where(b == 0, 0.0, b))  # q = -0.0 counts as 0
     return _result(np.sum(terms, axis=axes), result), grad.astype(result)
 
 

@@ -60,9 +60,14 @@ def _library(obj: Any) -> str:
 
 
 def _stream_from_pointer(ptr: Optional[int]) -> Any:
-    if ptr is None or ptr == 0:
+    """A Numba stream for a producer's stream handle.  Handle 0 (PyTorch's
+    and CuPy's default stream) is the *legacy* default stream, also when
+    Numba itself runs with per-thread default streams
+    (NUMBA_CUDA_PER_THREAD_DEFAULT_STREAM=1, where ``default_stream()`` is
+    the per-thread one)."""
+    if ptr is None:
         return default_stream()
-    if ptr == 1:
+    if ptr == 0 or ptr == 1:
         return legacy_default_stream()
     if ptr == 2:
         return per_thread_default_stream()
@@ -113,7 +118,9 @@ class Call:
     def __init__(self, primary: Any):
         self.library = _library(primary)
         self.primary = primary
-        self.stream = stream_of(primary, self.library)
+        self.device_id = device_of(primary, self.library)
+        with on_device(self.device_id):
+            self.stream = stream_of(primary, self.library)
 
     # ------------------------------------------------------------- inputs
     def device(self, obj: Any, name: str) -> Any:
@@ -191,8 +198,47 @@ class Call:
         return out
 
     def launch(self, kernel: Any, blocks: int, threads: int) -> Any:
-        """``kernel[blocks, threads, stream]``."""
-        return kernel[blocks, threads, self.stream]
+        """``kernel[blocks, threads, stream]``, launched with the arrays'
+        device current (a tensor on cuda:1 runs on GPU 1)."""
+        configured = kernel[blocks, threads, self.stream]
+        if self.device_id is None:
+            return configured
+
+        def launch_on_device(*args: Any) -> Any:
+            with on_device(self.device_id):
+                return configured(*args)
+
+        return launch_on_device
+
+
+def device_of(obj: Any, library: str) -> Optional[int]:
+    """The ordinal of the GPU holding ``obj`` (None: the current one, or unknown)."""
+    if SIMULATED:
+        return None
+    if library == "torch":
+        return obj.device.index if obj.is_cuda else None
+    if library == "cupy":
+        return int(obj.device.id)
+    return None
+
+
+class on_device:
+    """Make GPU ``device_id`` current for the block (nothing when it already is, or None)."""
+
+    def __init__(self, device_id: Optional[int]):
+        self.device_id = device_id
+        self._context = None
+
+    def __enter__(self):
+        if self.device_id is not None and cuda.get_current_device().id != self.device_id:
+            self._context = cuda.gpus[self.device_id]
+            self._context.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self._context is not None:
+            self._context.__exit__(*exc)
+        return False
 
 
 def synchronize(stream: Any) -> None:
