@@ -503,3 +503,19 @@ def test_plain_api_takes_and_returns_cpu_tensors():
         for a, b in zip(flat_ours, flat_ref):
             assert isinstance(a, torch.Tensor), (name, type(a))
             np.testing.assert_allclose(a.numpy(), b, rtol=1e-12, atol=1e-14, err_msg=name)
+
+
+def test_bench_torch_runs_on_small_shapes(capsys, tmp_path):
+    from fastxent.tools import bench_torch
+
+    out = tmp_path / "bench.json"
+    # (--no-memory: each memory measurement is a fresh process, tens of seconds on a loaded machine)
+    assert bench_torch.main(["--ce-shapes", "64x10", "--linear-shapes", "64x8x50", "--rounds", "1",
+                             "--no-memory", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "vs eager" in text and "fastest PyTorch variant" in text
+    import json
+
+    results = json.loads(out.read_text())
+    assert results["cross_entropy"][0]["vs_eager"] > 0
+    assert results["linear_cross_entropy"][0]["vs_fastest_torch"] > 0
