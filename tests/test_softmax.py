@@ -102,3 +102,45 @@ def test_identities(rng):
     assert_close(fx.log_softmax(x), x - fx.logsumexp(x, keepdims=True), rtol=1e-13, atol=1e-13)
     assert_close(fx.softmax(x), np.exp(fx.log_softmax(x)), rtol=1e-13, atol=1e-300)
     assert_close(fx.logsumexp(x, axis=None), special.logsumexp(fx.logsumexp(x)), rtol=1e-13)
+
+
+def _long_rows(dtype, c):
+    """Rows of c classes (the one-read online path: blocks of 256; softmax
+    from 8192 classes) whose max moves, hides behind -inf / NaN blocks, or is
+    infinite."""
+    base = np.linspace(-5.0, 5.0, c)
+    rows = {
+        "ascending (a new max in every block)": base,
+        "descending": base[::-1].copy(),
+        "first block -inf": np.where(np.arange(c) < 256, -np.inf, base),
+        "first block NaN": np.where(np.arange(c) < 256, np.nan, base),
+        "one NaN in the last block": np.where(np.arange(c) == 990, np.nan, base),
+        "all -inf": np.full(c, -np.inf),
+        "+inf in the second block": np.where(np.arange(c) == 300, np.inf, base),
+        "-inf and +inf": np.where(np.arange(c) < 500, -np.inf, np.inf),
+        "huge shift": base + 1e30,
+        "one term dominates": np.where(np.arange(c) == 700, 0.0, -60.0),
+    }
+    return list(rows), np.array(list(rows.values()), dtype=dtype)
+
+
+@pytest.mark.parametrize("n_classes", [1000, 9000])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_long_rows_online_max_and_sum(dtype, n_classes):
+    """The one-read (max, sum) of long rows against the float64 reference,
+    NaN / inf placement included."""
+    names, x = _long_rows(dtype, n_classes)
+    tol = 1e-5 if dtype == np.float32 else 1e-13
+    with np.errstate(all="ignore"):
+        checks = [(fx.logsumexp(x), reference.logsumexp(as64(x))),
+                  (fx.softmax(x), reference.softmax(as64(x))),
+                  (fx.log_softmax(x), reference.log_softmax(as64(x)))]
+    for got, want in checks:
+        for name, g, w in zip(names, np.atleast_2d(got.T).T if got.ndim == 1 else got,
+                              np.atleast_2d(want.T).T if want.ndim == 1 else want):
+            np.testing.assert_array_equal(np.isnan(g), np.isnan(w), err_msg=name)
+            finite = np.isfinite(w)
+            np.testing.assert_array_equal(g[~finite], w[~finite], err_msg=name)
+            np.testing.assert_allclose(as64(g[finite]), w[finite], rtol=tol,
+                                       atol=tol * np.abs(w[finite]).max(initial=0) + 1e-300,
+                                       err_msg=name)

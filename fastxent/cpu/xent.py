@@ -7,7 +7,7 @@ scale * (A * softmax - B * w) with the target's correction.  No N x C
 temporary exists beyond the output, which may be the logits themselves (an
 in-place gradient).
 
-Notation for one row (seed 000): p = softmax(x), lse = log sum exp x,
+Notation for one row: p = softmax(x), lse = log sum exp x,
 class weights w (all ones without ``weight``), smoothing eps, C classes.
 
 * Hard label y:  loss = (1-eps) w_y (lse - x_y) + eps/C * sum_c w_c (lse - x_c)
@@ -45,7 +45,7 @@ from numba import prange
 
 from fastxent.cpu._jit import helper, kernel
 from fastxent.cpu._fastmath import diff_minus, maxnum, scaled_diff
-from fastxent.cpu._rows import block_exps, redo_row_with_max, task_rows
+from fastxent.cpu._rows import U, block_exps, redo_row_with_max, task_rows
 
 
 @helper
@@ -62,7 +62,7 @@ def weighted_row_sums(x, i, shift, weight):
     float64: the label-smoothing term, and the size of what it cancels."""
     s = 0.0
     s_abs = 0.0
-    for j in range(x.shape[1]):
+    for j in range(U(x.shape[1])):
         term = scaled_diff(class_weight(weight, j), np.float64(x[i, j]), np.float64(shift))
         s += term
         s_abs += abs(term)
@@ -97,7 +97,7 @@ def target_far_below_max(e, r, excess):
     if excess >= _TARGET_SHIFT_LIMIT * e.shape[1]:
         return True
     largest = e.dtype.type(0)
-    for j in range(e.shape[1]):
+    for j in range(U(e.shape[1])):
         largest = maxnum(largest, e[r, j])
     return largest >= _TARGET_SHIFT_LIMIT
 
@@ -109,10 +109,10 @@ def write_softmax_grad(e, r, a_over_sum, b, weight, grad, i):
     a_inv = grad.dtype.type(a_over_sum)
     if weight is None:
         bt = grad.dtype.type(b)
-        for j in range(e.shape[1]):
+        for j in range(U(e.shape[1])):
             grad[i, j] = e[r, j] * a_inv - bt
     else:
-        for j in range(e.shape[1]):
+        for j in range(U(e.shape[1])):
             grad[i, j] = e[r, j] * a_inv - grad.dtype.type(b * weight[j])
 
 
@@ -133,7 +133,7 @@ def _xent_hard_rows(logits, labels, weight, weight_total, ignore_index, smoothin
             if y == ignore_index:
                 loss_out[i] = 0.0
                 if grad is not None:
-                    for j in range(n_classes):
+                    for j in range(U(n_classes)):
                         grad[i, j] = 0
                 continue
             keep_y = (1.0 - smoothing) * class_weight(weight, y)
@@ -182,7 +182,7 @@ def _xent_soft_rows(logits, target, weight, smoothing, row_scale, loss_out, grad
             # loss = sum_c w_c t'_c (lse - x_c) = log_sum * sum wt - sum wt (x_c - shift)
             wt_sum = 0.0
             wtx_sum = 0.0
-            for j in range(n_classes):
+            for j in range(U(n_classes)):
                 wt = class_weight(weight, j) * ((1.0 - smoothing) * np.float64(target[i, j]) + eps_c)
                 wt_sum += wt
                 # 0 * (-inf) would be NaN: a masked class with no target mass
@@ -193,7 +193,7 @@ def _xent_soft_rows(logits, target, weight, smoothing, row_scale, loss_out, grad
             if grad is not None:
                 scale = row_scale[i]
                 a = grad.dtype.type(scale * wt_sum / (1.0 + sums[r]))
-                for j in range(n_classes):
+                for j in range(U(n_classes)):
                     wt = class_weight(weight, j) * ((1.0 - smoothing) * np.float64(target[i, j]) + eps_c)
                     grad[i, j] = e[r, j] * a - grad.dtype.type(scale * wt)
 
