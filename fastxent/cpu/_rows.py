@@ -309,9 +309,9 @@ def sum_exp_rows(x, start, stop, e, shifts, sums, log_sums, finite_shift, labels
     for r in range(stop - start):
         i = start + r
         k = shift_index(labels, ignore_index, i)
-        if k >= 0:
+        if k >= 0:  # one pass; the excess summed again only where the target dominates
             shifts[r] = first_shift(x, i, labels, ignore_index, finite_shift)
-            sums[r] = row_excess(x, i, shifts[r], k, e, r)
+            sums[r] = excess_from_sum(x, i, shifts[r], k, row_sum_exp(x, i, shifts[r]), e, r)
         else:
             shifts[r], total = max_shift_sum_exp(x, i, finite_shift)
             sums[r] = excess_from_sum(x, i, shifts[r], k, total, e, r)

@@ -9,9 +9,10 @@ q = -0.0 counts as 0; NaN in p or q gives NaN.
 
 p log(p/q) is computed from the ratio (one log, and exact 0 for p = q), but
 p/q overflows or underflows where the answer is finite (p = 0.5, q = 1e-310:
-356.55; p = 5e-324, q = 2: -3.7e-321).  Such elements are flagged in the
-row loop, and a flagged row is summed again with p (log p - log q) for
-those elements (:func:`rel_entr_wide`): rare, so the row loop keeps one log.
+356.55; p = 5e-324, q = 2: -3.7e-321).  Such an element makes its row's sum
+infinite; a row whose sum is not finite is summed again with p (log p -
+log q) for those elements (:func:`rel_entr_wide`): rare, so the row loop
+keeps one log.  (A p/q in the subnormals, a few bits short, is kept.)
 """
 
 import numpy as np
@@ -93,8 +94,10 @@ def entropy_again(p, q):
 
 @helper
 def kl_element(p, q):
-    """(p log(p/q), d/dq, 1 where p/q is out of range)."""
-    return rel_entr(p, q), minus_p_over_q(p, q), 1 if ratio_out_of_range(p, q) else 0
+    """(p log(p/q), d/dq, 0): an out-of-range p/q makes the row's sum
+    infinite, which the row loop redoes (no per-element flag: it cost a
+    second division and kept the loop from vectorising)."""
+    return rel_entr(p, q), minus_p_over_q(p, q), 0
 
 
 @helper
@@ -117,7 +120,8 @@ def _rows_template(element, term_again):
                     n_redo += redo
                     if grad is not None:
                         grad[i, j] = d
-                if n_redo != 0:  # rare: the row's sum again, the flagged terms the slow way
+                if n_redo != 0 or not abs(total) < np.inf:  # inf or NaN
+                    # rare: the row's sum again, out-of-range terms the slow way
                     total = 0.0
                     for j in range(n_classes):
                         total += term_again(np.float64(p[i, j]), np.float64(q[i, j]))
