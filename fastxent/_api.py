@@ -78,7 +78,7 @@ def class_weight(backend: Backend, weight: Any, n_classes: int) -> Optional[Any]
 
 
 # ------------------------------------------------------------------ softmax
-def _softmax_family(x: Any, axis: Axis, mode: SoftmaxMode, keepdims: bool = False) -> Any:
+def _softmax_family(x: Any, axis: Axis, mode: SoftmaxMode, *, keepdims: bool = False) -> Any:
     backend = backend_of(x)
     a = backend.array(x, "x")
     work, result_dtype = checks.compute_dtype(a.dtype, "x")
@@ -111,7 +111,7 @@ def logsumexp(x: ArrayLike, axis: Axis = -1, keepdims: bool = False) -> Any:
     >>> float(fx.logsumexp(np.array([0.0, np.log(3.0)])))  # log(1 + 3)
     1.3862943611198906
     """
-    return _softmax_family(x, axis, SoftmaxMode.LOGSUMEXP, keepdims)
+    return _softmax_family(x, axis, SoftmaxMode.LOGSUMEXP, keepdims=keepdims)
 
 
 @public
@@ -174,7 +174,7 @@ def _cross_entropy(logits: Any, target: Any, weight: Any, ignore_index: Any, red
     hard = checks.is_class_index_target(t.dtype, t.shape, x.shape)
     ignore_index = checks.check_ignore_index(ignore_index, class_indices=hard)
     n_rows, n_classes = layout.n_rows, layout.n_classes
-    w = class_weight(backend, weight, n_classes)
+    w = None if weight is None else class_weight(backend, weight, n_classes)
     scale = (grad_scale(backend, grad_output, reduction, layout.batch_shape, broadcast=False)
              if want_grad else None)
 

@@ -98,16 +98,17 @@ class BinaryInput(enum.Enum):
     LOGITS = "logits"
 
 
-@dataclass(frozen=True)
 class GradScale:
     """The factor of a gradient, as the front end resolved it from
     ``grad_output``: ``factor`` (a host number) times ``rows`` (None, or a
     native float64 1-D array with one value per row / element), divided by
-    the mean's denominator when ``mean`` is True."""
+    the mean's denominator when ``mean`` is True.  (A plain class with
+    __slots__: one is built on every call.)"""
 
-    factor: float = 1.0
-    rows: Any = None
-    mean: bool = False
+    __slots__ = ("factor", "rows", "mean")
+
+    def __init__(self, factor: float = 1.0, rows: Any = None, mean: bool = False):
+        self.factor, self.rows, self.mean = factor, rows, mean
 
 
 # ---------------------------------------------------------------- interface

@@ -25,6 +25,7 @@ except ImportError:  # pragma: no cover - numpy 1.x
 
 Axis = Union[int, Sequence[int], None]
 REDUCTIONS = ("none", "mean", "sum")
+_FLOAT32, _FLOAT64 = np.dtype(np.float32), np.dtype(np.float64)
 _REDUCTIONS = {r.value: r for r in Reduction}
 
 
@@ -35,6 +36,8 @@ def compute_dtype(dtype: np.dtype, name: str) -> tuple[np.dtype, np.dtype]:
     float32/float64 natively; float16 computed in float32, returned as float16;
     bool and integers promoted to float64 as NumPy would; anything else is a
     TypeError naming the dtype."""
+    if dtype is _FLOAT32 or dtype is _FLOAT64:  # the usual call, fast
+        return dtype, dtype
     dtype = np.dtype(dtype)
     if dtype == np.float32 or dtype == np.float64:
         return dtype, dtype
@@ -92,10 +95,28 @@ class Rows:
         return moved, tuple(int(d) for d in np.argsort(self.perm))
 
 
+_LAYOUTS: dict = {}  # (shape, axis) -> Rows, for int axes: most calls repeat a few shapes
+_MAX_LAYOUTS = 256
+
+
 def rows_layout(shape: tuple, axis: Axis) -> Rows:
-    """The :class:`Rows` mapping of an array of ``shape`` reduced over ``axis``."""
+    """The :class:`Rows` mapping of an array of ``shape`` reduced over
+    ``axis`` (shared: never modify the result)."""
     if type(shape) is not tuple:
         shape = tuple(shape)
+    if type(axis) is int:
+        key = (shape, axis)
+        layout = _LAYOUTS.get(key)
+        if layout is None:
+            layout = _rows_layout(shape, axis)
+            if len(_LAYOUTS) >= _MAX_LAYOUTS:
+                _LAYOUTS.clear()
+            _LAYOUTS[key] = layout
+        return layout
+    return _rows_layout(shape, axis)
+
+
+def _rows_layout(shape: tuple, axis: Axis) -> Rows:
     ndim = len(shape)
     if ndim == 0 and (axis is None or (type(axis) is int and axis in (-1, 0))):
         # a 0-d input is one row of one class (as SciPy takes it, for any such axis)
@@ -213,8 +234,11 @@ def is_class_index_target(dtype: np.dtype, shape: tuple, logits_shape: tuple,
     probabilities (float or bool, shape logits.shape; bool is promoted to
     float like every bool input); anything else is an error."""
     kind = np.dtype(dtype).kind
-    shape = tuple(shape)
+    if type(shape) is not tuple:
+        shape = tuple(shape)
     if kind in "iu":
+        if type(logits_shape) is tuple and shape == logits_shape[:-1]:  # the usual call, fast
+            return True
         if shape != tuple(logits_shape[:-1]):
             raise ValueError(
                 f"class-index {name} must have shape logits.shape[:-1] = {tuple(logits_shape[:-1])}, "

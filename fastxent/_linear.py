@@ -41,7 +41,7 @@ from numpy.typing import ArrayLike
 from fastxent import _checks as checks
 from fastxent._api import (check_labels, class_weight, cross_entropy, cross_entropy_with_grad,
                            grad_scale)
-from fastxent._backend import Reduction, cpu_backend, is_cuda_array
+from fastxent._backend import Reduction, backend_of, cpu_backend, is_cuda_array
 
 __all__ = ["linear_cross_entropy", "linear_cross_entropy_with_grad", "auto_chunk_rows",
            "LinearProblem", "run"]
@@ -159,7 +159,7 @@ class LinearProblem:
                        reduction: Any = "mean", label_smoothing: Any = 0.0,
                        chunk_size: Any = None) -> "LinearProblem":
         """Validate the public functions' arguments (errors as they raise them)."""
-        backend = cpu_backend()
+        backend = _host_backend(x, W, target, bias, weight)
         p = cls()
         xa = backend.array(x, "x")
         Wa = backend.array(W, "W")
@@ -229,6 +229,21 @@ class LinearProblem:
         self.bias = None if bias is None else np.ascontiguousarray(bias, dtype=self.dtype)
 
 
+def _host_backend(*arrays: Any) -> Any:
+    """The backend whose native arrays the chunk loop works on: NumPy's, or
+    the torch-CPU kind's (NumPy views in, tensors out)."""
+    backend = backend_of(*arrays)
+    return backend if backend.name == "torch-cpu" else cpu_backend()
+
+
+def _as_kind_of(backend: Any, value: Any) -> Any:
+    """A result of the loop as the backend gives results back (None stays None)."""
+    if value is None or backend.name == "cpu":
+        return value
+    a = np.asarray(value)
+    return backend.result(a, a.dtype, a.shape)
+
+
 def _grad_scale(grad_output: Any, p: LinearProblem) -> Tuple[float, Optional[np.ndarray]]:
     """(scalar factor of the data gradient for "mean"/"sum", per-row factors for "none")."""
     scale = grad_scale(cpu_backend(), grad_output, p.reduction, p.batch_shape, broadcast=False)
@@ -240,54 +255,108 @@ def _grad_scale(grad_output: Any, p: LinearProblem) -> Tuple[float, Optional[np.
 
 
 # ---------------------------------------------------------------- the loop
-def _squared_norm(W: np.ndarray) -> float:
-    """‖W‖² accumulated in float64, a block of rows at a time (no W-sized copy)."""
-    rows = max(1, (1 << 16) // max(W.shape[1], 1))
-    total = 0.0
-    for start in range(0, W.shape[0], rows):
-        block = W[start:start + rows].astype(np.float64).ravel()
-        total += float(np.dot(block, block))
-    return total
+class NumPyOps:
+    """What the chunk loop (:func:`run`) does with arrays, for NumPy arrays:
+    allocation, the three matrix products, the bias and the reductions.
+
+    :func:`run` takes any object with these methods: ``fastxent.torch`` passes
+    one made of torch operations (PyTorch's BLAS; CPU and CUDA tensors), so
+    the loop itself exists once.  Every array that reaches the loop from the
+    problem goes through :meth:`asarray` first."""
+
+    def __init__(self) -> None:
+        self._scratch: Optional[np.ndarray] = None
+
+    def asarray(self, a: Any) -> Any:
+        """A problem field (or None) as this library's array."""
+        return a
+
+    def empty(self, shape: Tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        return np.empty(shape, dtype=dtype)
+
+    def zeros(self, shape: Tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        return np.zeros(shape, dtype=dtype)
+
+    def gemm_operand(self, a: np.ndarray) -> np.ndarray:
+        """``a`` in a layout BLAS takes without a copy per product."""
+        return a if a.flags.c_contiguous or a.flags.f_contiguous else np.ascontiguousarray(a)
+
+    def matmul(self, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+        """out = a @ b."""
+        np.matmul(a, b, out=out)
+
+    def matmul_add(self, acc: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
+        """acc += a @ b, through one scratch block of acc's size (reused)."""
+        if self._scratch is None or self._scratch.shape != acc.shape:
+            self._scratch = np.empty_like(acc)
+        np.matmul(a, b, out=self._scratch)
+        acc += self._scratch
+
+    def scale_into(self, out: np.ndarray, a: np.ndarray, factor: float) -> None:
+        """out = factor * a."""
+        np.multiply(a, out.dtype.type(factor), out=out)
+
+    def add_column_sums(self, acc: np.ndarray, G: np.ndarray) -> None:
+        """acc (float64) += the sums of G's columns, accumulated in float64."""
+        acc += np.add.reduce(G, axis=0, dtype=np.float64)
+
+    def squared_norm(self, W: np.ndarray) -> float:
+        """‖W‖² accumulated in float64, a block of rows at a time (no W-sized copy)."""
+        rows = max(1, (1 << 16) // max(W.shape[1], 1))
+        total = 0.0
+        for start in range(0, W.shape[0], rows):
+            block = W[start:start + rows].astype(np.float64).ravel()
+            total += float(np.dot(block, block))
+        return total
+
+    def result(self, a: np.ndarray, dtype: np.dtype) -> Any:
+        """A result array in the result dtype (0-d: a NumPy scalar)."""
+        a = a.astype(dtype, copy=False)
+        return a[()] if a.ndim == 0 else a
 
 
-def run(p: LinearProblem, *, want_grad: bool, grad_output: Any = None, want_dx: bool = True):
-    """The chunked loop over ``p``'s rows.  Returns (loss in the result dtype, dx, dW, dbias)."""
-    n_rows = p.x2.shape[0]
-    C, D = p.W.shape
+def run(p: LinearProblem, *, want_grad: bool, grad_output: Any = None, want_dx: bool = True,
+        ops: Optional[Any] = None):
+    """The chunked loop over ``p``'s rows.  Returns (loss in the result dtype, dx, dW, dbias).
+    ``ops`` does the array work (default :class:`NumPyOps`)."""
+    ops = NumPyOps() if ops is None else ops
+    x2, W, bias = ops.asarray(p.x2), ops.asarray(p.W), ops.asarray(p.bias)
+    labels, soft = ops.asarray(p.labels), ops.asarray(p.soft)
+    n_rows = x2.shape[0]
+    C, D = W.shape
     chunk = p.chunk_rows
     none = p.reduction is Reduction.NONE
-    ce_kw = dict(weight=p.weight, label_smoothing=p.smoothing)
+    ce_kw = dict(weight=ops.asarray(p.weight), label_smoothing=p.smoothing)
     if p.hard:
         ce_kw["ignore_index"] = p.ignore_index
 
     g, row_scale = (1.0, None)
     if want_grad:
         g, row_scale = _grad_scale(grad_output, p)
+        row_scale = ops.asarray(row_scale)
     # the data term's gradient factor (NaN for a zero denominator, as its mean)
     scale = checks.mean_of(g, p.denominator) if p.reduction is Reduction.MEAN else g
 
-    losses = np.empty(n_rows, dtype=p.dtype) if none else None
+    losses = ops.empty((n_rows,), p.dtype) if none else None
     total = 0.0
-    dx2 = dW = dbias = tmp = None
+    dx2 = dW = dbias = None
     if want_grad:
-        dx2 = np.empty((n_rows, D), dtype=p.dtype) if want_dx else None
-        dW = np.zeros((C, D), dtype=p.dtype)
+        dx2 = ops.empty((n_rows, D), p.dtype) if want_dx else None
+        dW = ops.zeros((C, D), p.dtype)
         if p.l2 != 0.0:
-            np.multiply(p.W, p.dtype.type(g * p.l2), out=dW)
-        dbias = np.zeros(C, dtype=np.float64) if p.bias is not None else None
+            ops.scale_into(dW, W, g * p.l2)
+        dbias = ops.zeros((C,), np.dtype(np.float64)) if bias is not None else None
 
-    buf = np.empty((min(chunk, n_rows), C), dtype=p.dtype) if n_rows else None
-    WT = p.W.T
+    buf = ops.empty((min(chunk, n_rows), C), p.dtype) if n_rows else None
+    WT = W.T
     for start in range(0, n_rows, chunk):
         stop = min(start + chunk, n_rows)
-        xc = p.x2[start:stop]
-        if not (xc.flags.c_contiguous or xc.flags.f_contiguous):
-            xc = np.ascontiguousarray(xc)
+        xc = ops.gemm_operand(x2[start:stop])
         logits = buf[: stop - start]
-        np.matmul(xc, WT, out=logits)
-        if p.bias is not None:
-            logits += p.bias
-        tc = p.labels[start:stop] if p.hard else p.soft[start:stop]
+        ops.matmul(xc, WT, logits)
+        if bias is not None:
+            logits += bias
+        tc = labels[start:stop] if p.hard else soft[start:stop]
 
         if not want_grad:
             value = cross_entropy(logits, tc, reduction="none" if none else "sum", **ce_kw)
@@ -307,34 +376,30 @@ def run(p: LinearProblem, *, want_grad: bool, grad_output: Any = None, want_dx: 
             total += float(value)
         # G is the logits buffer, now holding the scaled gradient
         if dx2 is not None:
-            np.matmul(G, p.W, out=dx2[start:stop])
+            ops.matmul(G, W, dx2[start:stop])
         if start == 0 and p.l2 == 0.0:
-            np.matmul(G.T, xc, out=dW)
+            ops.matmul(G.T, xc, dW)
         else:
-            if tmp is None:
-                tmp = np.empty((C, D), dtype=p.dtype)
-            np.matmul(G.T, xc, out=tmp)
-            dW += tmp
+            ops.matmul_add(dW, G.T, xc)
         if dbias is not None:
-            dbias += np.add.reduce(G, axis=0, dtype=np.float64)
+            ops.add_column_sums(dbias, G)
 
     rdt = p.result_dtype
     if none:
-        loss = losses.reshape(p.batch_shape).astype(rdt, copy=False)
-        loss = loss[()] if loss.ndim == 0 else loss
+        loss = ops.result(losses.reshape(p.batch_shape), rdt)
     else:
         value = checks.mean_of(total, p.denominator) if p.reduction is Reduction.MEAN else total
         if p.l2 != 0.0:
-            value += 0.5 * p.l2 * _squared_norm(p.W)
+            value += 0.5 * p.l2 * ops.squared_norm(W)
         loss = rdt.type(value)
     if not want_grad:
         return loss, None, None, None
     dx = None
     if dx2 is not None:
-        dx = dx2.reshape(p.x_shape).astype(rdt, copy=False)
-    dW = dW.astype(rdt, copy=False)
+        dx = ops.result(dx2.reshape(p.x_shape), rdt)
+    dW = ops.result(dW, rdt)
     if dbias is not None:
-        dbias = dbias.astype(rdt)
+        dbias = ops.result(dbias, rdt)
     return loss, dx, dW, dbias
 
 
@@ -371,7 +436,7 @@ def linear_cross_entropy(x: ArrayLike, W: ArrayLike, target: ArrayLike, *,
     p = LinearProblem.from_arguments(x, W, target, bias=bias, l2=l2, weight=weight,
                                      ignore_index=ignore_index, reduction=reduction,
                                      label_smoothing=label_smoothing, chunk_size=chunk_size)
-    return run(p, want_grad=False)[0]
+    return _as_kind_of(_host_backend(x, W, target, bias, weight), run(p, want_grad=False)[0])
 
 
 def linear_cross_entropy_with_grad(x: ArrayLike, W: ArrayLike, target: ArrayLike, *,
@@ -395,4 +460,5 @@ def linear_cross_entropy_with_grad(x: ArrayLike, W: ArrayLike, target: ArrayLike
                                      ignore_index=ignore_index, reduction=reduction,
                                      label_smoothing=label_smoothing, chunk_size=chunk_size)
     loss, dx, dW, dbias = run(p, want_grad=True, grad_output=grad_output)
-    return loss, (dx, dW, dbias)
+    backend = _host_backend(x, W, target, bias, weight)
+    return _as_kind_of(backend, loss), tuple(_as_kind_of(backend, g) for g in (dx, dW, dbias))

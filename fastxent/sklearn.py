@@ -1,7 +1,7 @@
 """``SoftmaxRegression``: a scikit-learn classifier over the fused linear
 cross-entropy.
 
-It minimises exactly seed 000's objective
+It minimises exactly the objective
 
     J(W, b) = Σₙ sₙ Lₙ + (l2/2) ‖W‖²,   Lₙ = log Σ_c exp f_cn − f_yn,  f = W x + b
 
@@ -180,7 +180,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
     """Multinomial logistic (softmax) regression with an L2 penalty, fitted by
     L-BFGS over fastxent's fused linear cross-entropy.
 
-    Minimises Σₙ sₙ Lₙ + (l2/2)‖W‖² (seed 000's objective; the intercept is
+    Minimises Σₙ sₙ Lₙ + (l2/2)‖W‖² (the intercept is
     not penalised), the objective of ``LogisticRegression(C=1/l2)``.  Binary
     problems are fitted as two-class softmax (``coef_`` has two rows).
 

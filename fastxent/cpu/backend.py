@@ -34,7 +34,7 @@ def _total(losses: np.ndarray) -> float:
     """The sum of float64 losses (in order, for a short batch: a third of
     np.sum's call overhead, and of math.fsum's)."""
     if losses.size <= _SMALL_SUM:
-        return sum(losses.tolist())
+        return sum(losses.tolist(), 0.0)
     return float(losses.sum())
 
 
@@ -72,6 +72,9 @@ class CpuBackend:
     # --------------------------------------------------------- buffers
     def rows(self, a: np.ndarray, perm: Tuple[int, ...], n_rows: int, n_classes: int,
              dtype: np.dtype) -> np.ndarray:
+        if (perm == _IDENTITY_2D and a.dtype == dtype and a.flags.c_contiguous
+                and a.shape == (n_rows, n_classes)):
+            return a  # the usual 2-D call: no copy, no view
         if perm != tuple(range(a.ndim)):
             a = a.transpose(perm)
         return np.ascontiguousarray(a.reshape(n_rows, n_classes), dtype=dtype)
@@ -80,6 +83,8 @@ class CpuBackend:
              shape: Optional[Tuple[int, ...]] = None) -> np.ndarray:
         if shape is not None and a.shape != shape:
             a = np.broadcast_to(a, shape)
+        elif a.ndim == 1 and a.dtype == dtype and a.flags.c_contiguous:
+            return a  # the usual labels: no copy, no view
         return np.ascontiguousarray(a, dtype=dtype).reshape(-1)
 
     def empty(self, shape: Tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -165,12 +170,15 @@ class CpuBackend:
                            grad: Optional[np.ndarray]) -> Any:
         n_rows, n_classes = x2.shape
         denominator = scan.denominator()
-        row_scale = self._row_scale(grad_scale, n_rows, denominator)
+        row_scale = (_NO_ROW_SCALE if grad_scale is None
+                     else self._row_scale(grad_scale, n_rows, denominator))
         weight_total = float(weight.sum()) if weight is not None else float(n_classes)
         losses = np.empty(n_rows)
         xent_kernels.cross_entropy_hard_rows(x2, labels, weight, weight_total, ignore_index,
                                              smoothing, row_scale, losses, grad,
                                              rows_per_task(n_classes))
+        if reduction is Reduction.MEAN:
+            return checks.mean_of(_total(losses), denominator)
         return self._reduce(losses, reduction, denominator)
 
     def cross_entropy_soft(self, x2: np.ndarray, target2: np.ndarray,
@@ -215,6 +223,7 @@ class CpuBackend:
 
 
 _NO_ROW_SCALE = np.empty(0)  # the kernels' placeholder when no gradient is computed
+_IDENTITY_2D = (0, 1)
 
 
 class TorchCpuBackend(CpuBackend):

@@ -65,7 +65,7 @@ def log_one_minus_p(p, unused_log_p):
 
 
 @helper
-def bce_probs_combine(p, t, w, pw, log_prob, log_one_minus_prob):
+def bce_probs_element(p, t, w, pw, log_prob, log_one_minus_prob):
     """(loss, dloss/dp, 1 if p is outside [0, 1]) for one probability p,
     target t, weight w, from log p and log(1 - p) (``pw`` is unused: the
     signature is shared)."""
@@ -89,7 +89,7 @@ def log1p_of_exp(unused_x, e):
 
 
 @helper
-def bce_logits_combine(x, t, w, pw, e, log1p_e):
+def bce_logits_element(x, t, w, pw, e, log1p_e):
     """(loss, dloss/dx, 0) for one logit x, target t, weight w, positive
     weight pw, from e = exp(-|x|) and log1p(e).
 
@@ -156,9 +156,9 @@ def _bce_template(first, second, combine):
 
 
 _bce_probs = specialise(_bce_template, "bce_probs_flat", first=log_p, second=log_one_minus_p,
-                        combine=bce_probs_combine)
+                        combine=bce_probs_element)
 _bce_logits = specialise(_bce_template, "bce_logits_flat", first=exp_minus_abs,
-                         second=log1p_of_exp, combine=bce_logits_combine)
+                         second=log1p_of_exp, combine=bce_logits_element)
 
 
 def bce_flat(values, target, weight, pos_weight, logits: bool, grad_scale, scale: float,

@@ -1,5 +1,5 @@
 """CPU kernels: entropy H(p), KL(p || q) and cross-entropy H(p, q) of
-probability rows, each with its gradient (seed 002).
+probability rows, each with its gradient.
 
 Terms follow scipy.special: entr(p) = -p log p (0 at p = 0, -inf for p < 0);
 rel_entr(p, q) = p log(p/q) (0 at p = 0 <= q, inf where q = 0 < p or either

@@ -7,7 +7,7 @@ scale * (A * softmax - B * w) with the target's correction.  No N x C
 temporary exists beyond the output, which may be the logits themselves (an
 in-place gradient).
 
-Notation for one row (seed 000): p = softmax(x), lse = log sum exp x,
+Notation for one row: p = softmax(x), lse = log sum exp x,
 class weights w (all ones without ``weight``), smoothing eps, C classes.
 
 * Hard label y:  loss = (1-eps) w_y (lse - x_y) + eps/C * sum_c w_c (lse - x_c)

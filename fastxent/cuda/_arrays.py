@@ -60,9 +60,14 @@ def _library(obj: Any) -> str:
 
 
 def _stream_from_pointer(ptr: Optional[int]) -> Any:
-    if ptr is None or ptr == 0:
+    """A Numba stream for a producer's stream handle.  Handle 0 (PyTorch's
+    and CuPy's default stream) is the *legacy* default stream, also when
+    Numba itself runs with per-thread default streams
+    (NUMBA_CUDA_PER_THREAD_DEFAULT_STREAM=1, where ``default_stream()`` is
+    the per-thread one)."""
+    if ptr is None:
         return default_stream()
-    if ptr == 1:
+    if ptr == 0 or ptr == 1:
         return legacy_default_stream()
     if ptr == 2:
         return per_thread_default_stream()
@@ -113,7 +118,9 @@ class Call:
     def __init__(self, primary: Any):
         self.library = _library(primary)
         self.primary = primary
-        self.stream = stream_of(primary, self.library)
+        self.device_id = device_of(primary, self.library)
+        with on_device(self.device_id):
+            self.stream = stream_of(primary, self.library)
 
     # ------------------------------------------------------------- inputs
     def device(self, obj: Any, name: str) -> Any:
@@ -168,10 +175,37 @@ class Call:
     def full(self, shape: Sequence[int], dtype: Any, value: float) -> Buffer:
         return self.to_device(np.full(shape, value, dtype=dtype))
 
-    def status(self, bad_default: int) -> Buffer:
-        """The int64 status array of the kernels (see ``_rows``): the 'first
-        bad item' slot at ``bad_default`` (no bad item), the tickets at 0."""
-        return self.to_device(np.array([bad_default, 0, 0], dtype=np.int64))
+    def zeros(self, shape: Sequence[int], dtype: Any) -> Buffer:
+        """A zero-filled device buffer, filled on the device in stream order
+        (no host upload)."""
+        shape, dtype = tuple(int(n) for n in shape), np.dtype(dtype)
+        if self.library == "torch":
+            import torch
+
+            native = torch.zeros(shape, dtype=_torch_dtype(dtype), device=self.primary.device)
+            return Buffer(native, as_device_array(native))
+        if self.library == "cupy":
+            import cupy
+
+            with self.primary.device:
+                native = cupy.zeros(shape, dtype=dtype)
+            return Buffer(native, as_device_array(native))
+        if SIMULATED:
+            dev = cuda.to_device(np.zeros(shape, dtype=dtype))
+            return Buffer(dev, dev)
+        from numba.cuda.cudadrv import driver
+
+        dev = cuda.device_array(shape, dtype=dtype, stream=self.stream)
+        if dev.size:
+            driver.device_memset(dev, 0, dev.nbytes, stream=self.stream)
+        return Buffer(dev, dev)
+
+    def status(self, n_items: int) -> Buffer:
+        """The int64 status array of the kernels (see ``_rows``), all zeros,
+        set on the device: the 'bad item' slot holds n_items - i for the first
+        bad item i (an atomic max; 0: none), the tickets start at 0.  Read it
+        with :func:`first_bad`."""
+        return self.zeros((3,), np.int64)
 
     def read(self, buf: Buffer) -> np.ndarray:
         """Copy a (small) device buffer to the host; waits for the stream."""
@@ -191,8 +225,53 @@ class Call:
         return out
 
     def launch(self, kernel: Any, blocks: int, threads: int) -> Any:
-        """``kernel[blocks, threads, stream]``."""
-        return kernel[blocks, threads, self.stream]
+        """``kernel[blocks, threads, stream]``, launched with the arrays'
+        device current (a tensor on cuda:1 runs on GPU 1)."""
+        configured = kernel[blocks, threads, self.stream]
+        if self.device_id is None:
+            return configured
+
+        def launch_on_device(*args: Any) -> Any:
+            with on_device(self.device_id):
+                return configured(*args)
+
+        return launch_on_device
+
+
+def device_of(obj: Any, library: str) -> Optional[int]:
+    """The ordinal of the GPU holding ``obj`` (None: the current one, or unknown)."""
+    if SIMULATED:
+        return None
+    if library == "torch":
+        return obj.device.index if obj.is_cuda else None
+    if library == "cupy":
+        return int(obj.device.id)
+    return None
+
+
+class on_device:
+    """Make GPU ``device_id`` current for the block (nothing when it already is, or None)."""
+
+    def __init__(self, device_id: Optional[int]):
+        self.device_id = device_id
+        self._context = None
+
+    def __enter__(self):
+        if self.device_id is not None and cuda.get_current_device().id != self.device_id:
+            self._context = cuda.gpus[self.device_id]
+            self._context.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self._context is not None:
+            self._context.__exit__(*exc)
+        return False
+
+
+def first_bad(status_value: int, n_items: int) -> int:
+    """The first bad item recorded in a status array's 'bad item' slot
+    (``status_value``, see :meth:`Call.status`), or -1 for none."""
+    return n_items - int(status_value) if status_value > 0 else -1
 
 
 def synchronize(stream: Any) -> None:

@@ -58,8 +58,8 @@ class CudaLabelScan:
     def bad_row(self) -> int:
         if not self.n_rows:
             return -1
-        bad = int(self.call.read(self.status)[0])  # waits for the stream
-        return bad if bad < self.n_rows else -1
+        # the one host wait of a hard-label call: 8 bytes, before the loss kernel
+        return arrays.first_bad(self.call.read(self.status)[0], self.n_rows)
 
     def denominator(self) -> float:
         return float(self.call.read(self.den)[0]) if self.n_rows else 0.0
@@ -247,8 +247,7 @@ class CudaBackend:
             status.dev, result, float(n) if reduction is Reduction.MEAN else 1.0, _shuffle())
         bad = -1
         if kind is BinaryInput.PROBS:
-            first = int(call.read(status)[0])  # waits for the stream
-            bad = first if first < n else -1
+            bad = arrays.first_bad(call.read(status)[0], n)  # waits for the stream
         return (losses if result is None else result), bad
 
     def divergence_rows(self, kind: Divergence, p2: Any, q2: Any, *,

@@ -5,7 +5,7 @@ element exactly as ``fastxent.cpu.binary``: one kernel template specialised
 per element function.  ``weight``, ``pos_weight`` and ``grad_rows`` are None
 or flat arrays already broadcast to the input's size.  "mean"/"sum" are
 finished inside the kernel by the last block (deterministic); probabilities
-outside [0, 1] are reported through ``status[BAD]`` (the first such index, by
+outside [0, 1] are reported through ``status[BAD]`` (n - the first such index, by
 an atomic min) and raised by the caller.
 """
 
@@ -72,7 +72,7 @@ def _bce_template(element):
             loss, d, bad = element(np.float64(values[k]), np.float64(target[k]),
                                    optional_at(weight, k, 1.0), optional_at(pos_weight, k, 1.0))
             if bad:
-                cuda.atomic.min(status, BAD, k)
+                cuda.atomic.max(status, BAD, values.shape[0] - k)  # first bad k
             if losses is not None:
                 losses[k] = loss
             else:

@@ -1,5 +1,5 @@
 """CUDA kernels: entropy H(p), KL(p || q) and cross-entropy H(p, q) of
-probability rows, each with its gradient (seed 002).
+probability rows, each with its gradient.
 
 Terms as in ``fastxent.cpu.divergence`` (scipy.special): entr(p) = -p log p
 (0 at p = 0, -inf for p < 0); rel_entr(p, q) = p log(p/q) (0 at p = 0 <= q,
@@ -15,7 +15,7 @@ from fastxent.cuda._config import MAX_REGISTERS
 from fastxent.cuda._numba_cuda import cuda, kernel, div, log
 from numba import float64
 
-from fastxent.cuda._rows import SCRATCH, first_row, group_sum, loop_rows, row_group
+from fastxent.cuda._rows import SCRATCH, SLOT_ROW, SLOT_SUM, first_row, group_sum, loop_rows, row_group
 
 ENTROPY, KL, XENT = 0, 1, 2
 
@@ -90,6 +90,7 @@ def divergence_rows(p, q, kind, out, grad, tpr, shuffle):
                     total += rel_entr(pv, qv) if kind == KL else neg_xlogy(pv, qv)
                     if grad is not None:
                         grad[row, j] = minus_p_over_q(pv, qv)
-        total, _ = group_sum(total, 0.0, tpr, shuffle, scratch)
+        # alternate slots: successive reductions must not share one
+        total, _ = group_sum(total, 0.0, tpr, shuffle, scratch, SLOT_ROW if it % 2 == 0 else SLOT_SUM)
         if active and lane == 0:
             out[row, 0] = total
