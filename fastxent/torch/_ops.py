@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 from torch.autograd.graph import increment_version
 
-import fastxent as fx
+from fastxent import _api as fx  # the public functions (the package front door re-exports them)
 from fastxent import _linear
 from fastxent.torch._convert import (empty_placeholder, kernel_array, optional_kernel_array,
                                      result_tensor)
