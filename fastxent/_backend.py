@@ -48,13 +48,27 @@ def cuda_api() -> ModuleType:
     return api
 
 
+def is_dask_array(obj: Any) -> bool:
+    """True for Dask collections (``__dask_graph__``); the class is checked,
+    not the instance, so a lazy object is never asked to build its graph."""
+    return hasattr(type(obj), "__dask_graph__")
+
+
 def dispatch(fn: F) -> F:
-    """Route a public function to ``fastxent.cuda.api.<same name>`` when any
-    positional array argument is a CUDA array; otherwise run the CPU body."""
+    """Route a public function to ``fastxent.dask.<same name>`` when any
+    positional array argument is a Dask array, to ``fastxent.cuda.api.<same
+    name>`` when one is a CUDA array; otherwise run the CPU body.
+
+    (The Dask route is temporary: it moves into the registry of array kinds.)"""
     name = fn.__name__
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        for a in args:
+            if type(a) is not np.ndarray and is_dask_array(a):
+                from fastxent import dask as dask_backend
+
+                return getattr(dask_backend, name)(*args, **kwargs)
         for a in args:
             if type(a) is not np.ndarray and is_cuda_array(a):  # the check costs ~0.5 us
                 return getattr(cuda_api(), name)(*args, **kwargs)

@@ -40,7 +40,7 @@ from numpy.typing import ArrayLike
 
 from fastxent import _checks as checks
 from fastxent._api import cross_entropy, cross_entropy_with_grad
-from fastxent._backend import is_cuda_array
+from fastxent._backend import is_cuda_array, is_dask_array
 
 __all__ = ["linear_cross_entropy", "linear_cross_entropy_with_grad", "auto_chunk_rows"]
 
@@ -363,6 +363,12 @@ def linear_cross_entropy(x: ArrayLike, W: ArrayLike, target: ArrayLike, *,
     >>> round(float(fx.linear_cross_entropy(x, W, np.array([0, 1]))), 6)
     0.126928
     """
+    if any(is_dask_array(a) for a in (x, W, target, bias)):
+        from fastxent import dask as dask_backend
+
+        return dask_backend.linear_cross_entropy(
+            x, W, target, bias=bias, l2=l2, weight=weight, ignore_index=ignore_index,
+            reduction=reduction, label_smoothing=label_smoothing, chunk_size=chunk_size)
     _refuse_cuda(x, W, target, bias)
     p = _prepare(x, W, target, bias, l2, weight, ignore_index, reduction, label_smoothing,
                  chunk_size)
@@ -384,6 +390,13 @@ def linear_cross_entropy_with_grad(x: ArrayLike, W: ArrayLike, target: ArrayLike
     per chunk of rows; the extra memory is one chunk of logits and one (C, D)
     block.
     """
+    if any(is_dask_array(a) for a in (x, W, target, bias)):
+        from fastxent import dask as dask_backend
+
+        return dask_backend.linear_cross_entropy_with_grad(
+            x, W, target, bias=bias, l2=l2, weight=weight, ignore_index=ignore_index,
+            reduction=reduction, label_smoothing=label_smoothing, grad_output=grad_output,
+            chunk_size=chunk_size)
     _refuse_cuda(x, W, target, bias)
     p = _prepare(x, W, target, bias, l2, weight, ignore_index, reduction, label_smoothing,
                  chunk_size)
