@@ -857,3 +857,183 @@ def cross_entropy_probs(p: Any, q: Any, axis: Any = -1) -> da.Array:
 def cross_entropy_probs_with_grad(p: Any, q: Any, axis: Any = -1):
     """:func:`fastxent.cross_entropy_probs_with_grad` of Dask arrays."""
     return _divergence(p, q, axis, "xent", True)
+
+
+# ====================================================== linear cross-entropy
+def _linear_block(xb, tb, W, bias, n_classes, weight, ignore_index, smoothing, hard, batch_shape,
+                  reduction, chunk_size, row_scale, want_grad, block_info=None):
+    """One block of rows: its labels checked (global rows), then one
+    fastxent.linear_cross_entropy(_with_grad) call with l2 = 0 (the penalty
+    is added once, after the reduction).  Returns (value, dx, dW, dbias)."""
+    from fastxent import _linear
+
+    if hard:
+        labels = tb[..., 0]
+        _check_labels_block(labels, n_classes, ignore_index, batch_shape, block_info, 0)
+        denominator = _kept_weight(labels, weight, ignore_index)
+    else:
+        labels = tb
+        denominator = float(math.prod(xb.shape[:-1]))
+    none = reduction == "none"
+    kw = dict(bias=bias, weight=weight, ignore_index=ignore_index, label_smoothing=smoothing,
+              reduction="none" if none else "sum", chunk_size=chunk_size)
+    if not want_grad:
+        loss = _linear.linear_cross_entropy(xb, W, labels, **kw)
+        dx = dW = db = None
+    else:
+        g = row_scale[..., 0] if isinstance(row_scale, np.ndarray) else row_scale
+        loss, (dx, dW, db) = _linear.linear_cross_entropy_with_grad(xb, W, labels, grad_output=g,
+                                                                    **kw)
+    lead = (1,) * (xb.ndim - 1)
+    value = (np.asarray(loss)[..., None] if none
+             else np.array([float(loss), denominator]).reshape(lead + (2,)))
+    if not want_grad:
+        return value
+    dW = np.asarray(dW, dtype=np.float64).reshape(lead + dW.shape)
+    db = None if db is None else np.asarray(db, dtype=np.float64).reshape(lead + db.shape)
+    return value, dx, dW, db
+
+
+def _linear_finish(pairs, W, l2, reduction, dtype):
+    """Reduced loss plus (l2/2)‖W‖²."""
+    total, denominator = float(pairs[0]), float(pairs[1])
+    value = _mean(total, denominator) if reduction == "mean" else total
+    if l2:
+        W64 = np.asarray(W, dtype=np.float64)
+        value += 0.5 * l2 * float(np.sum(W64 * W64))
+    return np.asarray(value, dtype=dtype)
+
+
+def _add_penalty_grad(dW, W, l2, g, dtype):
+    out = dW if not l2 else dW + (float(g) * l2) * np.asarray(W, dtype=np.float64)
+    return out.astype(dtype)
+
+
+def _linear(x, W, target, bias, l2, weight, ignore_index, reduction, label_smoothing,
+            chunk_size, want_grad, grad_output=None):
+    from fastxent import _linear as linear
+
+    xa = _as_dask(x, "x")
+    if xa.ndim == 0:
+        raise ValueError("x must have at least one dimension (the feature axis), got a scalar")
+    Wm = W if isinstance(W, da.Array) else np.asarray(W)
+    if Wm.ndim != 2:
+        raise ValueError(f"W must be a 2-D array of shape (classes, features), got shape {Wm.shape}")
+    work_x, res_x = checks.compute_dtype(xa.dtype, "x")
+    work_w, res_w = checks.compute_dtype(Wm.dtype, "W")
+    result = np.promote_types(res_x, res_w)
+    n_classes, n_features = Wm.shape
+    if xa.shape[-1] != n_features:
+        raise ValueError(
+            f"x has {xa.shape[-1]} features (last axis) but W has {n_features} "
+            f"(W must have shape (classes, features) = (C, {xa.shape[-1]})), got x {xa.shape} "
+            f"and W {Wm.shape}")
+    bm = None
+    if bias is not None:
+        bm = bias if isinstance(bias, da.Array) else np.asarray(bias)
+        _, res_b = checks.compute_dtype(bm.dtype, "bias")
+        result = np.promote_types(result, res_b)
+        if tuple(bm.shape) != (n_classes,):
+            raise ValueError(f"bias must have shape (classes,) = ({n_classes},), got {tuple(bm.shape)}")
+    reduction = checks.check_reduction(reduction)
+    smoothing = checks.check_label_smoothing(label_smoothing)
+    ignore_index = checks.check_ignore_index(ignore_index)
+    w = checks.class_weight(weight, n_classes)
+    l2 = linear._check_l2(l2)
+    if l2 != 0.0 and reduction == "none":
+        raise ValueError(
+            "l2 != 0 needs reduction='mean' or 'sum': the penalty (l2/2)*||W||^2 belongs to no "
+            "single row (add it to the summed per-row losses yourself)")
+    chunk_size = linear._check_chunk_size(chunk_size)
+    batch_shape = tuple(xa.shape[:-1])
+    t = _as_dask(target, "target")
+    hard = checks.is_class_index_target(t, batch_shape + (n_classes,))
+    xa = xa.rechunk(xa.chunks[:-1] + ((n_features,),))  # whole rows per block
+    nb = xa.ndim - 1
+    t = (t[..., None].rechunk(xa.chunks[:-1] + ((1,),)) if hard
+         else t.rechunk(xa.chunks[:-1] + ((n_classes,),)))
+    W_key, b_key, w_key = _delayed_constant(Wm), _delayed_constant(bm), _delayed_constant(w)
+    none = reduction == "none"
+    fixed = (n_classes, w_key, ignore_index, smoothing, hard, batch_shape, reduction, chunk_size)
+    pair_chunks = tuple((1,) * n for n in xa.numblocks[:-1]) + ((2,),)
+    value_chunks = xa.chunks[:-1] + ((1,),) if none else pair_chunks
+
+    def finish(value):
+        if none:
+            return value[..., 0].astype(result)
+        summed = value.sum(axis=tuple(range(nb)), dtype=np.float64)
+        return da.map_blocks(_linear_finish, summed, W_key, l2, reduction, result, drop_axis=0,
+                             dtype=result, meta=_meta(result, 0))
+
+    if not want_grad:
+        value = da.map_blocks(_linear_block, xa, t, W_key, b_key, *fixed, None, False,
+                              chunks=value_chunks, dtype=np.float64,
+                              meta=_meta(np.float64, xa.ndim))
+        return finish(value)
+
+    g = _scalar_grad_output(grad_output, reduction, batch_shape)
+    if isinstance(g, da.Array):
+        scale = g[..., None].rechunk(xa.chunks[:-1] + ((1,),))
+        penalty_g = 1.0
+    else:
+        penalty_g = g
+        scale = g
+        if reduction == "mean":
+            pairs = da.map_blocks(_denominator_block, t, w_key, n_classes, ignore_index,
+                                  batch_shape, chunks=pair_chunks, dtype=np.float64,
+                                  meta=_meta(np.float64, xa.ndim)) if hard else None
+            denominator = (pairs.sum(axis=tuple(range(nb)), dtype=np.float64) if hard
+                           else da.from_array(np.array([0.0, float(math.prod(batch_shape))]),
+                                              chunks=-1))
+            scale = dask.delayed(_mean_scale, pure=True)(g, denominator.to_delayed().reshape(-1)[0],
+                                                         reduction)
+    if isinstance(scale, da.Array):
+        both = da.map_blocks(_linear_block_scaled, xa, t, scale, W_key, b_key, *fixed,
+                             dtype=object, meta=_meta(object, xa.ndim))
+    else:
+        both = da.map_blocks(_linear_block, xa, t, W_key, b_key, *fixed, scale, True,
+                             dtype=object, meta=_meta(object, xa.ndim))
+    value = both.map_blocks(_pick(0), chunks=value_chunks, dtype=np.float64,
+                            meta=_meta(np.float64, xa.ndim))
+    dx = both.map_blocks(_pick(1), dtype=result, meta=_meta(result, xa.ndim))
+    lead_chunks = tuple((1,) * n for n in xa.numblocks[:-1])
+    dW_parts = both.map_blocks(_pick(2), chunks=lead_chunks + ((n_classes,), (n_features,)),
+                               new_axis=[xa.ndim], dtype=np.float64,
+                               meta=_meta(np.float64, xa.ndim + 1))
+    dW = dW_parts.sum(axis=tuple(range(nb)), dtype=np.float64)
+    dW = da.map_blocks(_add_penalty_grad, dW, W_key, l2, penalty_g, result, dtype=result,
+                       meta=_meta(result, 2))
+    db = None
+    if bm is not None:
+        db_parts = both.map_blocks(_pick(3), chunks=lead_chunks + ((n_classes,),),
+                                   dtype=np.float64, meta=_meta(np.float64, xa.ndim))
+        db = db_parts.sum(axis=tuple(range(nb)), dtype=np.float64).astype(result)
+    return finish(value), (dx, dW, db)
+
+
+def _linear_block_scaled(xb, tb, row_scale, W, bias, n_classes, weight, ignore_index, smoothing,
+                         hard, batch_shape, reduction, chunk_size, block_info=None):
+    return _linear_block(xb, tb, W, bias, n_classes, weight, ignore_index, smoothing, hard,
+                         batch_shape, reduction, chunk_size, row_scale, True,
+                         block_info=block_info)
+
+
+def linear_cross_entropy(x: Any, W: Any, target: Any, *, bias: Any = None, l2: float = 0.0,
+                         weight: Any = None, ignore_index: int = -100, reduction: str = "mean",
+                         label_smoothing: float = 0.0, chunk_size: Optional[int] = None):
+    """:func:`fastxent.linear_cross_entropy` with ``x`` (and the targets)
+    a Dask array chunked along the rows; ``W`` and ``bias`` are small (NumPy,
+    or Dask arrays used whole) and shared by every block as one graph key."""
+    return _linear(x, W, target, bias, l2, weight, ignore_index, reduction, label_smoothing,
+                   chunk_size, want_grad=False)
+
+
+def linear_cross_entropy_with_grad(x: Any, W: Any, target: Any, *, bias: Any = None,
+                                   l2: float = 0.0, weight: Any = None, ignore_index: int = -100,
+                                   reduction: str = "mean", label_smoothing: float = 0.0,
+                                   grad_output: Any = None, chunk_size: Optional[int] = None):
+    """:func:`fastxent.linear_cross_entropy_with_grad` on Dask arrays: (loss,
+    (dx, dW, dbias)); dx is chunked like x, dW and dbias are tree-reduced sums
+    of per-block (C, D) and (C,) partials."""
+    return _linear(x, W, target, bias, l2, weight, ignore_index, reduction, label_smoothing,
+                   chunk_size, want_grad=True, grad_output=grad_output)
