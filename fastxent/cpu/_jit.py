@@ -67,8 +67,8 @@ def _parallel_guard():
 # These locators stamp every fastxent kernel with a hash of all the CPU kernel
 # sources instead.  Cache files are written atomically by Numba (temp file +
 # rename), so several processes starting at once are safe.
-_CPU_DIR = pathlib.Path(__file__).resolve().parent / "cpu"
-_SOURCES = sorted(_CPU_DIR.glob("*.py")) + [pathlib.Path(__file__).resolve()]
+_CPU_DIR = pathlib.Path(__file__).resolve().parent  # fastxent/cpu, this file included
+_SOURCES = sorted(_CPU_DIR.glob("*.py"))
 _PACKAGE_STAMP = hashlib.sha256(b"".join(p.read_bytes() for p in _SOURCES)).hexdigest()
 
 
