@@ -1037,3 +1037,169 @@ def linear_cross_entropy_with_grad(x: Any, W: Any, target: Any, *, bias: Any = N
     of per-block (C, D) and (C,) partials."""
     return _linear(x, W, target, bias, l2, weight, ignore_index, reduction, label_smoothing,
                    chunk_size, want_grad=True, grad_output=grad_output)
+
+
+# ================================================= distributed SoftmaxRegression
+def _fit_block(xb: np.ndarray, yb: np.ndarray, W: np.ndarray, b: Optional[np.ndarray],
+               scale: float) -> np.ndarray:
+    """(loss sum, dW, db) of one block of rows as one flat float64 vector, row
+    shaped (1, 1 + C*D + C): the fused linear cross-entropy without the dx GEMM."""
+    from fastxent import _linear
+
+    problem = _linear._prepare(xb, W, yb[:, 0], b, 0.0, None, -100, "sum", 0.0, None)
+    loss, _, dW, db = _linear._run(problem, True, grad_output=scale, want_dx=False)
+    parts = [np.array([float(loss)]), np.asarray(dW, dtype=np.float64).ravel()]
+    if db is not None:
+        parts.append(np.asarray(db, dtype=np.float64))
+    return np.concatenate(parts)[None, :]
+
+
+def _class_index_block(yb: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    return np.searchsorted(classes, yb).astype(np.int64)
+
+
+class DistributedObjective:
+    """The objective of ``fastxent.sklearn._Objective`` (J / Σs in whitened
+    coordinates) over Dask X and y: X persisted once on the workers; each
+    evaluation broadcasts W and b (one graph key each), every block computes
+    its (loss sum, dW, db) with the fused linear cross-entropy, and a tree
+    reduction (``split_every`` blocks per step) brings back 1 + C(D+1)
+    numbers per block; L-BFGS and the whitening stay on the client."""
+
+    def __init__(self, X: da.Array, y_index: da.Array, n_classes: int, l2: float,
+                 fit_intercept: bool, split_every: int = 8):
+        from fastxent import sklearn as fsk
+
+        n, d = X.shape
+        self.n_classes, self.n_features = n_classes, d
+        self.fit_intercept = fit_intercept
+        self.l2 = l2
+        self.split_every = split_every
+        self.X, self.y_index = dask.persist(X, y_index)  # once: on the workers from now on
+        self.weight_total = float(n)
+        counts = da.bincount(self.y_index, minlength=n_classes)
+        if fit_intercept:
+            mu, counts = dask.compute(self.X.mean(axis=0, dtype=np.float64), counts)
+        else:
+            mu, counts = np.zeros(d), counts.compute()
+        self.mu, self.class_counts = np.asarray(mu), np.asarray(counts, dtype=np.float64)
+        Z = self.X - self.mu
+        if d > fsk._WHITEN_MAX_FEATURES:
+            moment = (Z * Z).mean(axis=0)
+        else:
+            moment = (Z.T @ Z) / self.weight_total
+        self.M, self.M_inverse_T = fsk._whitening_factors(np.asarray(moment.compute()),
+                                                          l2 * n_classes / self.weight_total)
+        self.n_evaluations = 0
+        self.last = (None, math.nan, None)
+        self.bytes_per_evaluation = self._bytes_per_evaluation()
+
+    size = property(lambda self: self.n_classes * (self.n_features + int(self.fit_intercept)))
+
+    def to_model(self, theta):
+        from fastxent.sklearn import _Objective
+
+        return _Objective.to_model(self, theta)
+
+    def from_model(self, W, b):
+        from fastxent.sklearn import _Objective
+
+        return _Objective.from_model(self, W, b)
+
+    def __call__(self, theta):
+        from fastxent.sklearn import _Objective
+
+        return _Objective.__call__(self, theta)
+
+    def _bytes_per_evaluation(self) -> int:
+        """Bytes one evaluation moves, whatever N is: W and b out to each
+        block's task (at most once per worker, plus the graph), and 1 + C(D+1)
+        float64 per block up the reduction tree."""
+        C, D = self.n_classes, self.n_features
+        k = 1 + C * D + (C if self.fit_intercept else 0)
+        return 8 * (C * (D + 1)) + 8 * k * self.X.numblocks[0]
+
+    def partials(self, W: np.ndarray, b: Optional[np.ndarray], scale: float) -> da.Array:
+        """The tree-reduced (1 + C*D + C,) vector of (loss sum, dW, db), lazy."""
+        C, D = self.n_classes, self.n_features
+        k = 1 + C * D + (C if b is not None else 0)
+        W_key = dask.delayed(np.ascontiguousarray(W, dtype=np.float64), pure=True)
+        b_key = None if b is None else dask.delayed(np.asarray(b, dtype=np.float64), pure=True)
+        per_block = da.map_blocks(_fit_block, self.X, self.y_index[:, None], W_key, b_key, scale,
+                                  chunks=((1,) * self.X.numblocks[0], (k,)), dtype=np.float64,
+                                  meta=_meta(np.float64, 2))
+        return per_block.sum(axis=0, split_every=self.split_every)
+
+    def data_terms(self, W, b):
+        """(J / n, ∂(J / n)/∂W, ∂(J / n)/∂b): one distributed pass."""
+        C, D = self.n_classes, self.n_features
+        total = np.asarray(self.partials(W, b, 1.0 / self.weight_total).compute())
+        value = float(total[0]) / self.weight_total
+        value += 0.5 * self.l2 * float(np.sum(W * W)) / self.weight_total
+        dW = total[1:1 + C * D].reshape(C, D) + (self.l2 / self.weight_total) * W
+        db = total[1 + C * D:] if b is not None else None
+        return value, dW, db
+
+    def objective(self, W, b):
+        """J(W, b) itself."""
+        return self.data_terms(W, b)[0] * self.weight_total
+
+
+def distributed_objective(estimator: Any, X: Any, y: Any, sample_weight: Any = None):
+    """Validate Dask (X, y) for ``SoftmaxRegression.fit``, set ``classes_`` and
+    ``n_features_in_``, and return (DistributedObjective, θ₀)."""
+    from fastxent.sklearn import _initial_intercept
+
+    if sample_weight is not None:
+        raise NotImplementedError("SoftmaxRegression.fit on Dask arrays takes no sample_weight yet")
+    X = _as_dask(X, "X")
+    y = _as_dask(y, "y")
+    if X.ndim != 2:
+        raise ValueError(f"Expected a 2-D array X of shape (n_samples, n_features), got shape {X.shape}")
+    if y.ndim != 1 or y.shape[0] != X.shape[0]:
+        raise ValueError(f"y must have shape (n_samples,) = ({X.shape[0]},), got {y.shape}")
+    if X.dtype.kind not in "biuf":
+        raise ValueError(f"X must be numeric, got dtype {X.dtype}")
+    X = X.astype(np.float64).rechunk({1: -1})
+    y = y.rechunk((X.chunks[0],))
+    classes = np.asarray(da.unique(y).compute())
+    if len(classes) < 2:
+        raise ValueError(
+            "SoftmaxRegression needs samples of at least 2 classes in the data, but the "
+            f"data contains only {'no class' if len(classes) == 0 else f'one class: {classes[0]!r}'}")
+    estimator.classes_ = classes
+    estimator.n_features_in_ = X.shape[1]
+    y_index = y.map_blocks(_class_index_block, classes, dtype=np.int64)
+    fun = DistributedObjective(X, y_index, len(classes), float(estimator.l2),
+                               bool(estimator.fit_intercept))
+    theta0 = np.zeros(fun.size)
+    if estimator.fit_intercept:
+        theta0[-len(classes):] = _initial_intercept(fun.class_counts)
+    return fun, theta0
+
+
+def linear_scores(X: Any, coef: np.ndarray, intercept: np.ndarray, n_features: int) -> da.Array:
+    """Lazy scores X Wᵀ + b of a fitted model, chunked along the rows of X."""
+    X = _as_dask(X, "X")
+    if X.ndim != 2 or X.shape[1] != n_features:
+        raise ValueError(f"X has {X.shape[-1] if X.ndim else 0} features, but the model is "
+                         f"fitted with {n_features} features")
+    X = X.astype(np.float64).rechunk({1: -1})
+    return X.map_blocks(_scores_block, dask.delayed(coef, pure=True),
+                        dask.delayed(intercept, pure=True),
+                        chunks=(X.chunks[0], (coef.shape[0],)), dtype=np.float64,
+                        meta=_meta(np.float64, 2))
+
+
+def _scores_block(xb: np.ndarray, coef: np.ndarray, intercept: np.ndarray) -> np.ndarray:
+    return xb @ coef.T + intercept
+
+
+def accuracy(predicted: da.Array, y: Any, sample_weight: Any = None) -> da.Array:
+    """Lazy (weighted) mean of predicted == y, a 0-d Dask array."""
+    y = _as_dask(y, "y").rechunk(predicted.chunks)
+    hits = (predicted == y).astype(np.float64)
+    if sample_weight is None:
+        return hits.mean()
+    s = _as_dask(sample_weight, "sample_weight").astype(np.float64).rechunk(predicted.chunks)
+    return (hits * s).sum() / s.sum()
