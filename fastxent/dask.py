@@ -291,13 +291,13 @@ def logsumexp(x: Any, axis: Any = -1, keepdims: bool = False) -> da.Array:
                             meta=_meta(result, x.ndim - (0 if keepdims else len(axes))))
 
 
-def _softmax_from_stats(x: np.ndarray, stats: np.ndarray, log: bool, work: np.dtype,
+def _softmax_from_stats(x: np.ndarray, stats: np.ndarray, log: bool,
                         result: np.dtype) -> np.ndarray:
     """softmax / log_softmax of a block of classes given the merged row stats:
     (x - M) - L (NaN where the row's log-sum-exp is not finite, as the kernels)."""
     M, L = stats["m"], stats["r"]
     with np.errstate(invalid="ignore", over="ignore"):
-        shifted = (x.astype(work, copy=False) - M.astype(work)).astype(np.float64) - L
+        shifted = (x.astype(np.float64) - M) - L
         value = shifted if log else np.exp(shifted)
         value = np.where(np.isfinite(L), value, np.nan)
     return value.astype(result)
@@ -311,7 +311,7 @@ def _softmax(x: Any, axis: Any, log: bool) -> da.Array:
         fn = api.log_softmax if log else api.softmax
         return x.map_blocks(fn, axis=axes, dtype=result, meta=_meta(result, x.ndim))
     stats = _row_stats(x, axes, work)
-    return da.map_blocks(_softmax_from_stats, x, stats, log, work, result, dtype=result,
+    return da.map_blocks(_softmax_from_stats, x, stats, log, result, dtype=result,
                          meta=_meta(result, x.ndim))
 
 
@@ -438,7 +438,7 @@ def _row_scale(p: _CE, grad_output: Any, denominator: Optional[da.Array]) -> Any
     float, or a (batch..., 1) Dask array for per-row grad_output."""
     g = _scalar_grad_output(grad_output, p.reduction, p.batch_shape)
     if isinstance(g, da.Array):
-        return g[..., None]
+        return g[..., None].rechunk(p.x.chunks[:-1] + ((1,),))
     if p.reduction != "mean":
         return g
     return dask.delayed(_mean_scale, pure=True)(g, denominator.to_delayed().reshape(-1)[0],
@@ -551,14 +551,13 @@ def _ce_grad_block(x, t, stats, weight, row_scale, hard, smoothing, n_classes, w
                    result, block_info=None):
     """Gradient of one (row block, class block) from the merged row stats:
     scale * (A p_c - B_c), p_c = exp((x_c - M) - L)."""
-    work = np.float32 if x.dtype == np.float16 else x.dtype
     c0, c1 = block_info[0]["array-location"][-1]
     w = None if weight is None else weight[c0:c1]
     M, L = stats["m"], stats["r"]
     eps_c = smoothing / n_classes
     scale = row_scale
     with np.errstate(invalid="ignore", over="ignore"):
-        p = np.exp((x.astype(work, copy=False) - M.astype(work)).astype(np.float64) - L)
+        p = np.exp((x.astype(np.float64) - M) - L)
         if hard:
             labels = t[..., 0]
             kept = stats["f"] > 0
