@@ -5,14 +5,17 @@ from __future__ import annotations
 import sys
 from typing import List, Optional
 
-USAGE = """usage: python -m fastxent {bench,bench-linear,demo} [options]
+USAGE = """usage: python -m fastxent {bench,bench-linear,bench-dask,demo} [options]
 
   bench         time every kernel against NumPy, PyTorch and JAX (--quick, --json, --plot,
                 --device cuda); see `python -m fastxent bench --help`
   bench-linear  the fused linear cross-entropy's memory and speed against PyTorch, and
                 SoftmaxRegression against LogisticRegression
+  bench-dask    the Dask backend: distributed fit against N, against scikit-learn and
+                dask-ml, cross-entropy over lazily generated logits larger than memory
   demo          train SoftmaxRegression on the digits data and a synthetic set, beside
-                scikit-learn's LogisticRegression
+                scikit-learn's LogisticRegression; --dask: across a Dask cluster (a LocalCluster,
+                or --scheduler ADDRESS) on data larger than one worker's memory
 """
 
 
@@ -30,6 +33,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         from fastxent.tools import bench_linear
 
         return bench_linear.main(rest)
+    if command == "bench-dask":
+        from fastxent.tools import bench_dask
+
+        return bench_dask.main(rest)
     if command == "demo":
         from fastxent.tools import demo
 
