@@ -59,8 +59,10 @@ def _data(n, d, c, seed=0):
 
 
 # ------------------------------------------------------------------- fit
-def bench_fit(sizes, d, c, repeats, out):
+def bench_fit(sizes, d, c, repeats, out, fit_rows, json_path=None):
     import dask
+
+    from threadpoolctl import threadpool_limits
 
     from fastxent import dask as fxd
     from fastxent import sklearn as fsk
@@ -77,7 +79,7 @@ def bench_fit(sizes, d, c, repeats, out):
             rng = np.random.default_rng(0)
             thetas = [rng.standard_normal(dist.size) * 0.01 for _ in range(repeats + 1)]
             dist(thetas[0]), local(thetas[0])  # warm up (compiles, BLAS threads)
-            t_dist, t_local = [], []
+            t_dist, t_local, t_local1 = [], [], []
             for theta in thetas[1:]:  # interleaved
                 start = time.perf_counter()
                 v1, _ = dist(theta)
@@ -85,17 +87,29 @@ def bench_fit(sizes, d, c, repeats, out):
                 start = time.perf_counter()
                 v0, _ = local(theta)
                 t_local.append(time.perf_counter() - start)
+                # the workers run BLAS on one thread (distributed's default): so does this one
+                with threadpool_limits(1, user_api="blas"):
+                    start = time.perf_counter()
+                    local(theta)
+                    t_local1.append(time.perf_counter() - start)
                 assert abs(v1 - v0) <= 1e-9 * abs(v0), (v1, v0)
+            best_local = min(float(np.median(t_local)), float(np.median(t_local1)))
             row = dict(n=n, d=d, c=c, blocks=X.numblocks[0],
-                       distributed_s=float(np.median(t_dist)), in_process_s=float(np.median(t_local)),
+                       distributed_s=float(np.median(t_dist)), in_process_s=best_local,
+                       in_process_blas_threads_s=float(np.median(t_local)),
+                       in_process_blas_1_thread_s=float(np.median(t_local1)),
                        bytes_per_evaluation=dist.bytes_per_evaluation)
             row["overhead"] = row["distributed_s"] / row["in_process_s"]
             rows.append(row)
             print(f"  N={n:>9}  distributed {row['distributed_s'] * 1e3:8.1f} ms  in-process "
-                  f"{row['in_process_s'] * 1e3:8.1f} ms  ratio {row['overhead']:.2f}  "
+                  f"{row['in_process_s'] * 1e3:8.1f} ms (BLAS threads {row['in_process_blas_threads_s'] * 1e3:.0f}, "
+                  f"1 thread {row['in_process_blas_1_thread_s'] * 1e3:.0f})  ratio {row['overhead']:.2f}  "
                   f"moved {row['bytes_per_evaluation']} B/evaluation", file=out, flush=True)
             client.cancel([X, y])
-        fits = bench_full_fit(client, sizes[-1], d, c, out)
+            if json_path:  # the figures so far, in case a long run is cut short
+                with open(json_path, "w") as f:
+                    json.dump({"scaling": rows}, f, indent=1)
+        fits = bench_full_fit(client, fit_rows, d, c, out) if fit_rows else None
     finally:
         client.close()
         cluster.close()
@@ -301,6 +315,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--features", type=int, default=64)
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--fit-rows", type=int, default=400_000,
+                        help="rows of the full-fit comparison with scikit-learn (0: skip)")
     parser.add_argument("--dask-ml-rows", type=int, default=400_000)
     parser.add_argument("--logits-gib", type=float, default=32.0,
                         help="size of the lazily generated logits (32 GiB)")
@@ -314,7 +330,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if "fit" in args.parts:
         print("distributed fit, per evaluation (median of interleaved repeats):", file=out)
         result["fit"] = bench_fit([int(s) for s in args.sizes.split(",")], args.features,
-                                  args.classes, args.repeats, out)
+                                  args.classes, args.repeats, out, args.fit_rows,
+                                  json_path=args.json)
     if "dask-ml" in args.parts:
         print("binary problem, same cluster:", file=out)
         result["dask_ml"] = bench_dask_ml(args.dask_ml_rows, args.features, out)
