@@ -2,8 +2,8 @@
 
 Numba kernels (``@njit(parallel=True)`` on the CPU, ``numba.cuda`` on NVIDIA
 GPUs) for log-sum-exp, softmax, cross-entropy and its relatives, called from
-plain NumPy code.  The class axis is the last axis; see ``README.md`` and
-``DESIGN.md`` for the semantics.
+plain NumPy code (and from PyTorch tensors and CUDA arrays).  The class axis
+is the last axis; ``README.md`` lists the semantics.
 """
 
 from fastxent._api import (

@@ -1,16 +1,18 @@
-"""Command line: ``python -m fastxent bench|bench-linear|demo ...``."""
+"""Command line: ``python -m fastxent bench|bench-linear|bench-torch|demo ...``."""
 
 from __future__ import annotations
 
 import sys
 from typing import List, Optional
 
-USAGE = """usage: python -m fastxent {bench,bench-linear,bench-dask,demo} [options]
+USAGE = """usage: python -m fastxent {bench,bench-linear,bench-torch,bench-dask,demo} [options]
 
   bench         time every kernel against NumPy, PyTorch and JAX (--quick, --json, --plot,
                 --device cuda); see `python -m fastxent bench --help`
   bench-linear  the fused linear cross-entropy's memory and speed against PyTorch, and
                 SoftmaxRegression against LogisticRegression
+  bench-torch   fastxent.torch's CrossEntropyLoss and LinearCrossEntropyLoss against PyTorch
+                eager, torch.compile and F.linear_cross_entropy (time and peak memory)
   bench-dask    the Dask backend: distributed fit against N, against scikit-learn and
                 dask-ml, cross-entropy over lazily generated logits larger than memory
   demo          train SoftmaxRegression on the digits data and a synthetic set, beside
@@ -33,6 +35,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         from fastxent.tools import bench_linear
 
         return bench_linear.main(rest)
+    if command == "bench-torch":
+        from fastxent.tools import bench_torch
+
+        return bench_torch.main(rest)
     if command == "bench-dask":
         from fastxent.tools import bench_dask
 

@@ -1,30 +1,27 @@
-"""The public functions: argument checks -> backend choice -> CPU kernels.
+"""The public functions, each written once for every kind of array.
 
-Every function here validates and normalises its inputs with ``_checks``
-(nothing reaches a kernel unchecked), maps the problem to C-contiguous
-(rows, classes) arrays, runs one kernel from ``fastxent.cpu``, and shapes the
-result back.  CUDA arrays are routed to ``fastxent.cuda.api`` by
-``_backend.dispatch`` before any of this runs.
+Each function validates its arguments from metadata (``_checks``), maps the
+problem to (rows, classes), resolves the reduction, ``grad_output`` and
+``out=`` rules, and asks the backend of its arguments' array kind
+(``_backend.backend_of``: NumPy, CUDA arrays, PyTorch tensors, ...) for work
+arrays, buffers and one kernel launch, then shapes the result back through
+the same backend.  Nothing here knows an array library or a kernel.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal, Optional, Tuple, Union
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 from fastxent import _checks as checks
-from fastxent._backend import dispatch
-from fastxent.cpu._config import TASK_ELEMENTS, rows_per_task
-from fastxent.cpu import binary as binary_kernels
-from fastxent.cpu import divergence as divergence_kernels
-from fastxent.cpu import softmax as softmax_kernels
-from fastxent.cpu import xent as xent_kernels
+from fastxent._backend import (Backend, BinaryInput, Divergence, GradScale, LabelScan, Reduction,
+                               SoftmaxMode, backend_of, public)
+from fastxent._checks import IGNORE_INDEX_DEFAULT
 
 Axis = Union[int, Tuple[int, ...], None]
-Reduction = Literal["none", "mean", "sum"]
+ReductionName = Literal["none", "mean", "sum"]
 Loss = Union[np.ndarray, np.floating]
 
 __all__ = [
@@ -36,84 +33,102 @@ __all__ = [
     "cross_entropy_probs", "cross_entropy_probs_with_grad",
 ]
 
-
-_NO_ROW_SCALE = np.empty(0)  # placeholder argument when no gradient is computed
-
-
-def _scalar_or_array(values: np.ndarray, dtype: np.dtype) -> Any:
-    """Cast to the result dtype; 0-d results become NumPy scalars."""
-    values = values.astype(dtype, copy=False)
-    return values[()] if values.ndim == 0 else values
+_F64 = np.dtype(np.float64)
+_I64 = np.dtype(np.int64)
 
 
-# Below this many per-row losses, summing them in Python beats np.sum's call
-# overhead (a (64, 10) cross-entropy takes ~15 us in all).
-_SMALL_SUM = 512
+def grad_scale(backend: Backend, grad_output: Any, reduction: Reduction, loss_shape: tuple, *,
+               broadcast: bool) -> GradScale:
+    """``grad_output`` resolved for a launch: a host factor, or a native
+    float64 array of one value per loss element (a device scalar broadcast)."""
+    mean = reduction is Reduction.MEAN
+    if grad_output is None:
+        return GradScale(1.0, None, mean)
+    if type(grad_output) is float or type(grad_output) is int:  # the usual call: no arrays
+        return GradScale(float(grad_output), None, mean)
+    g = backend.operand(grad_output, "grad_output")
+    if type(g) is float:
+        return GradScale(g, None, mean)
+    checks.compute_dtype(g.dtype, "grad_output")
+    checks.grad_output_shape(g.shape, reduction, loss_shape, broadcast=broadcast)
+    rows = backend.flat(g, _F64, tuple(loss_shape))
+    return GradScale(1.0, rows, mean)
 
 
-def _reduce(losses: np.ndarray, reduction: str, denominator: float, batch_shape: tuple,
-            dtype: np.dtype) -> Any:
-    """Apply the reduction to float64 per-row (or per-element) losses."""
-    if reduction == "none":
-        return _scalar_or_array(losses.reshape(batch_shape), dtype)
-    if losses.ndim == 0:
-        total = float(losses)
-    elif losses.size <= _SMALL_SUM:  # cheaper than a ufunc call, and exactly rounded
-        total = math.fsum(losses.tolist())
-    else:
-        total = float(losses.sum())
-    if reduction == "sum":
-        return dtype.type(total)
-    if denominator == 0:  # PyTorch: the mean over no (weighted) rows is NaN
-        return dtype.type(math.nan if total == 0 or math.isnan(total) else math.copysign(math.inf, total))
-    return dtype.type(total / denominator)
+def check_labels(backend: Backend, target: Any, labels: Any, n_classes: int, ignore_index: int,
+                 weight: Optional[Any], batch_shape: tuple) -> LabelScan:
+    """Scan the int64 class indices ``labels`` (of the native ``target``) on
+    the backend; IndexError naming the first label outside [0, C) that is not
+    ``ignore_index`` (as given in ``target``) and its row."""
+    scan = backend.scan_labels(labels, n_classes, ignore_index, weight)
+    bad = scan.bad_row()
+    if bad is not None and bad >= 0:
+        label = backend.read_element(backend.flat(target, target.dtype), bad)
+        raise checks.bad_label_error(int(label), bad, batch_shape, n_classes, ignore_index)
+    return scan
+
+
+def class_weight(backend: Backend, weight: Any, n_classes: int) -> Optional[Any]:
+    """A per-class ``weight`` as a native float64 (C,) array, or None."""
+    if weight is None:
+        return None
+    w = backend.array(weight, "weight")
+    checks.check_class_weight(w.dtype, w.shape, n_classes)
+    return backend.flat(w, _F64)
 
 
 # ------------------------------------------------------------------ softmax
-@dispatch
+def _softmax_family(x: Any, axis: Axis, mode: SoftmaxMode, *, keepdims: bool = False) -> Any:
+    backend = backend_of(x)
+    a = backend.array(x, "x")
+    work, result_dtype = checks.compute_dtype(a.dtype, "x")
+    layout = checks.rows_layout(a.shape, axis)
+    n_rows, n_classes = layout.n_rows, layout.n_classes
+    if mode is SoftmaxMode.LOGSUMEXP:
+        if n_classes == 0 or n_rows == 0:  # the log of an empty sum, as NumPy/SciPy give
+            out = backend.full((n_rows,), _F64, -np.inf)
+        else:
+            out = backend.softmax_rows(backend.rows(a, layout.perm, n_rows, n_classes, work), mode)
+        return backend.result(out, result_dtype, layout.reduced_shape(keepdims))
+    if n_rows and n_classes:
+        out = backend.softmax_rows(backend.rows(a, layout.perm, n_rows, n_classes, work), mode)
+    else:
+        out = backend.empty((n_rows, n_classes), work)
+    return backend.result(out, result_dtype, *layout.full_shape())
+
+
+@public
 def logsumexp(x: ArrayLike, axis: Axis = -1, keepdims: bool = False) -> Any:
     """log(sum(exp(x))) along ``axis`` (int, tuple of ints, or None for all),
     computed stably.
 
     A slice that is all ``-inf`` gives ``-inf``; one holding ``+inf`` gives
-    ``+inf``; NaN gives NaN.  float32 input is accumulated in float64.
+    ``+inf``; NaN gives NaN.  float32 input is accumulated in float64.  A 0-d
+    result is a NumPy scalar for NumPy input (a 0-d array of the caller's
+    library otherwise).
 
     >>> import fastxent as fx, numpy as np
     >>> float(fx.logsumexp(np.array([0.0, np.log(3.0)])))  # log(1 + 3)
     1.3862943611198906
     """
-    a, result_dtype = checks.float_array(x, "x")
-    layout = checks.rows_layout(a.shape, axis)
-    out = np.empty(layout.n_rows, dtype=np.float64)
-    if layout.n_classes == 0:
-        out.fill(-np.inf)  # log of an empty sum, as NumPy/SciPy give
-    else:
-        softmax_kernels.logsumexp_rows(checks.as_rows(a, layout), out, rows_per_task(layout.n_classes))
-    return _scalar_or_array(layout.restore_rows(out, keepdims), result_dtype)
+    return _softmax_family(x, axis, SoftmaxMode.LOGSUMEXP, keepdims=keepdims)
 
 
-def _softmax(x: ArrayLike, axis: Axis, log: bool) -> np.ndarray:
-    a, result_dtype = checks.float_array(x, "x")
-    layout = checks.rows_layout(a.shape, axis)
-    out = np.empty((layout.n_rows, layout.n_classes), dtype=a.dtype)
-    softmax_kernels.softmax_rows(checks.as_rows(a, layout), out, log, rows_per_task(layout.n_classes))
-    return layout.restore_full(out).astype(result_dtype, copy=False)
-
-
-@dispatch
-def softmax(x: ArrayLike, axis: Axis = -1) -> np.ndarray:
+@public
+def softmax(x: ArrayLike, axis: Axis = -1) -> Any:
     """exp(x - logsumexp(x)) along ``axis``: probabilities that sum to one.
 
-    Rows holding ``+inf``, or only ``-inf``, are NaN (as in PyTorch).
+    Rows holding ``+inf``, or only ``-inf``, are NaN (as in PyTorch).  A 0-d
+    input gives a NumPy scalar (1.0), as SciPy does.
 
     >>> fx.softmax(np.array([1.0, 1.0]))
     array([0.5, 0.5])
     """
-    return _softmax(x, axis, log=False)
+    return _softmax_family(x, axis, SoftmaxMode.SOFTMAX)
 
 
-@dispatch
-def log_softmax(x: ArrayLike, axis: Axis = -1) -> np.ndarray:
+@public
+def log_softmax(x: ArrayLike, axis: Axis = -1) -> Any:
     """x - max - log(sum(exp(x - max))) along ``axis``.
 
     Computed directly, not as log(softmax(x)), so log-probabilities far below
@@ -122,84 +137,79 @@ def log_softmax(x: ArrayLike, axis: Axis = -1) -> np.ndarray:
     >>> fx.log_softmax(np.array([0.0, 1000.0]))
     array([-1000.,     0.])
     """
-    return _softmax(x, axis, log=True)
+    return _softmax_family(x, axis, SoftmaxMode.LOG_SOFTMAX)
 
 
 # ------------------------------------------------------------ cross-entropy
-def _gradient_buffer(out: Any, logits: np.ndarray, x2: np.ndarray, target2: Optional[np.ndarray],
-                     result_dtype: np.dtype) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-    """Where the kernel writes the gradient: (2-D buffer, user array to copy it
-    into afterwards, or None).  ``out`` is written directly when it is a
-    C-contiguous array of the compute dtype that is either exactly the logits
-    (an in-place gradient: each row is read before it is written) or shares
-    no memory with the inputs."""
+def _gradient_buffer(backend: Backend, out: Any, x: Any, x2: Any, other: Optional[Any],
+                     work: np.dtype, result_dtype: np.dtype) -> Tuple[Any, Optional[Any]]:
+    """Where the kernel writes the gradient: (native 2-D buffer, native user
+    array to copy it into afterwards, or None).  ``out`` is written directly
+    when it is a C-contiguous array of the compute dtype that is either
+    exactly the work logits (an in-place gradient: each row is read before
+    it is written) or shares no memory with the inputs the kernel reads."""
     if out is None:
-        return np.empty(x2.shape, dtype=x2.dtype), None
-    out = checks.output_array(out, logits.shape, result_dtype)
-    if out.dtype == x2.dtype and out.flags.c_contiguous:
-        direct = out.reshape(x2.shape)
-        in_place = (direct.__array_interface__["data"][0] == x2.__array_interface__["data"][0]
-                    and direct.strides == x2.strides)
-        touches_target = target2 is not None and np.may_share_memory(direct, target2)
-        if not touches_target and (in_place or not np.may_share_memory(direct, x2)):
+        return backend.empty(x2.shape, work), None
+    o = backend.user_output(out, "out")
+    checks.check_output(o.shape, o.dtype, x.shape, result_dtype)
+    if o.dtype == work and backend.is_c_contiguous(o):
+        direct = o.reshape(x2.shape)
+        in_place = backend.same_memory(direct, x2)
+        touches_other = other is not None and backend.may_overlap(direct, other)
+        if not touches_other and (in_place or not backend.may_overlap(direct, x2)):
             return direct, None
-    return np.empty(x2.shape, dtype=x2.dtype), out
+    return backend.empty(x2.shape, work), o
 
 
-def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smoothing,
-                   want_grad, grad_output=None, out=None):
-    x, result_dtype = checks.float_array(logits, "logits")
+def _cross_entropy(logits: Any, target: Any, weight: Any, ignore_index: Any, reduction: Any,
+                   label_smoothing: Any, *, want_grad: bool, grad_output: Any = None,
+                   out: Any = None) -> Any:
+    backend = backend_of(logits, target)
+    x = backend.array(logits, "logits")
+    t = backend.array(target, "target")
+    work, result_dtype = checks.compute_dtype(x.dtype, "logits")
     layout = checks.last_axis_rows(x.shape, "logits")
     reduction = checks.check_reduction(reduction)
     smoothing = checks.check_label_smoothing(label_smoothing)
-    ignore_index = checks.check_ignore_index(ignore_index)
+    hard = checks.is_class_index_target(t.dtype, t.shape, x.shape)
+    ignore_index = checks.check_ignore_index(ignore_index, class_indices=hard)
     n_rows, n_classes = layout.n_rows, layout.n_classes
-    w = checks.class_weight(weight, n_classes)
-    t = np.asarray(target)
-    hard = checks.is_class_index_target(t, x.shape)
-    x2 = checks.as_rows(x, layout)
+    w = class_weight(backend, weight, n_classes)
+    scale = (grad_scale(backend, grad_output, reduction, layout.batch_shape, broadcast=False)
+             if want_grad else None)
 
     if hard:
-        labels = np.ascontiguousarray(t.reshape(n_rows), dtype=np.int64)
-        bad_row, denominator = xent_kernels.scan_labels(labels, n_classes, ignore_index, w)
-        if bad_row >= 0:
-            raise checks.bad_label_error(int(t.reshape(n_rows)[bad_row]), bad_row,
-                                         layout.batch_shape, n_classes, ignore_index)
+        labels = backend.flat(t, _I64)
+        scan = check_labels(backend, t, labels, n_classes, ignore_index, w, layout.batch_shape)
         target2 = None
     else:
-        t_work, _ = checks.float_array(t, "target")
-        target2 = checks.as_rows(t_work.astype(x2.dtype, copy=False), layout)
-        denominator = float(n_rows)
-
-    grad2, copy_to = None, None
-    row_scale = _NO_ROW_SCALE
+        target2 = backend.rows(t, layout.perm, n_rows, n_classes, work)
+    x2 = backend.rows(x, layout.perm, n_rows, n_classes, work)
+    grad2 = copy_to = None
     if want_grad:
-        row_scale = checks.grad_row_scale(grad_output, reduction, layout.batch_shape, denominator)
-        grad2, copy_to = _gradient_buffer(out, x, x2, target2, result_dtype)
-
-    losses = np.empty(n_rows, dtype=np.float64)
-    tasks = rows_per_task(n_classes)
+        grad2, copy_to = _gradient_buffer(backend, out, x, x2, labels if hard else target2, work,
+                                          result_dtype)
     if hard:
-        weight_total = float(w.sum()) if w is not None else float(n_classes)
-        xent_kernels.cross_entropy_hard_rows(x2, labels, w, weight_total, ignore_index, smoothing,
-                                             row_scale, losses, grad2, tasks)
+        losses = backend.cross_entropy_hard(x2, labels, scan, w, ignore_index=ignore_index,
+                                            smoothing=smoothing, reduction=reduction,
+                                            grad_scale=scale, grad=grad2)
     else:
-        xent_kernels.cross_entropy_soft_rows(x2, target2, w, smoothing, row_scale, losses,
-                                             grad2, tasks)
-    loss = _reduce(losses, reduction, denominator, layout.batch_shape, result_dtype)
+        losses = backend.cross_entropy_soft(x2, target2, w, smoothing=smoothing,
+                                            reduction=reduction, grad_scale=scale, grad=grad2)
+    loss = backend.result(losses, result_dtype,
+                          layout.batch_shape if reduction is Reduction.NONE else ())
     if not want_grad:
         return loss
     if copy_to is not None:
-        copy_to[...] = grad2.reshape(x.shape)
-        return loss, copy_to
+        backend.copy_into(copy_to, grad2)
     if out is not None:
         return loss, out
-    return loss, layout.restore_full(grad2).astype(result_dtype, copy=False)
+    return loss, backend.result(grad2, result_dtype, x.shape)
 
 
-@dispatch
+@public
 def cross_entropy(logits: ArrayLike, target: ArrayLike, *, weight: Optional[ArrayLike] = None,
-                  ignore_index: int = -100, reduction: Reduction = "mean",
+                  ignore_index: int = IGNORE_INDEX_DEFAULT, reduction: ReductionName = "mean",
                   label_smoothing: float = 0.0) -> Loss:
     """Softmax cross-entropy of ``logits`` (class axis last) against ``target``.
 
@@ -207,12 +217,17 @@ def cross_entropy(logits: ArrayLike, target: ArrayLike, *, weight: Optional[Arra
 
     * ``target`` of integer dtype and shape ``logits.shape[:-1]``: class
       indices; rows whose label equals ``ignore_index`` contribute nothing.
-    * ``target`` of float dtype and ``logits``' shape: class probabilities.
+    * ``target`` of float dtype and ``logits``' shape: class probabilities
+      (a bool target of that shape is promoted to float64, like every bool
+      input).  ``ignore_index`` (default -100) applies to class indices only;
+      given explicitly with probabilities it is a ValueError, as in PyTorch.
     * ``weight``: per-class weights (length C); ``label_smoothing`` in [0, 1]
       mixes the target with the uniform distribution.
-    * ``reduction``: ``"mean"`` divides by the summed weight of the kept rows
-      (the row count for probability targets; NaN if there are none),
-      ``"sum"``, or ``"none"`` for per-row losses.
+    * ``reduction``: ``"mean"`` divides by the summed weight w[y] of the kept
+      rows (the row count for probability targets), ``"sum"``, or ``"none"``
+      for per-row losses.  The mean is NaN when that denominator is 0 (no
+      rows kept, or every kept row of weight 0, with or without smoothing),
+      as in PyTorch.
 
     Labels outside [0, C) raise IndexError naming the label and its row.
 
@@ -223,10 +238,11 @@ def cross_entropy(logits: ArrayLike, target: ArrayLike, *, weight: Optional[Arra
                           want_grad=False)
 
 
-@dispatch
+@public
 def cross_entropy_with_grad(logits: ArrayLike, target: ArrayLike, *,
-                            weight: Optional[ArrayLike] = None, ignore_index: int = -100,
-                            reduction: Reduction = "mean", label_smoothing: float = 0.0,
+                            weight: Optional[ArrayLike] = None,
+                            ignore_index: int = IGNORE_INDEX_DEFAULT,
+                            reduction: ReductionName = "mean", label_smoothing: float = 0.0,
                             grad_output: Optional[ArrayLike] = None,
                             out: Optional[np.ndarray] = None) -> Tuple[Loss, np.ndarray]:
     """:func:`cross_entropy` and its gradient with respect to the logits, in one
@@ -235,7 +251,9 @@ def cross_entropy_with_grad(logits: ArrayLike, target: ArrayLike, *,
 
     ``grad_output`` is a scalar (or, for ``reduction="none"``, one value per
     row).  ``out`` receives the gradient; ``out=logits`` overwrites the logits
-    in place, so no array of the logits' size is allocated at all.
+    in place, so no array of the logits' size is allocated at all.  Ignored
+    rows get a zero gradient, even where their logits are not finite (their
+    loss does not depend on them; PyTorch gives NaN there).
 
     >>> logits = np.array([[2.0, 0.0]])
     >>> loss, grad = fx.cross_entropy_with_grad(logits, np.array([0]))
@@ -247,64 +265,51 @@ def cross_entropy_with_grad(logits: ArrayLike, target: ArrayLike, *,
 
 
 # ---------------------------------------------------- binary cross-entropy
-def _flat_operand(value: Any, shape: tuple, name: str) -> Optional[np.ndarray]:
-    """An optional operand broadcast to ``shape``, as a flat float64 array."""
+def _elementwise_operand(backend: Backend, value: Any, shape: tuple, name: str) -> Optional[Any]:
+    """An optional operand broadcast to ``shape``, as a native flat float64 array."""
     if value is None:
         return None
-    v = np.asarray(value)
+    v = backend.operand(value, name)
+    if type(v) is float:
+        return backend.full((int(np.prod(shape, dtype=np.int64)),), _F64, v)
     checks.compute_dtype(v.dtype, name)
-    try:
-        v = np.broadcast_to(v, shape)
-    except ValueError:
-        raise ValueError(f"{name} of shape {v.shape} does not broadcast to the input's shape {shape}") from None
-    return np.ascontiguousarray(v, dtype=np.float64).reshape(-1)
+    checks.broadcastable(v.shape, shape, name)
+    return backend.flat(v, _F64, shape)
 
 
-def _binary_cross_entropy(values, target, weight, pos_weight, reduction, from_logits,
-                          want_grad, grad_output):
-    name = "logits" if from_logits else "probs"
-    v, result_dtype = checks.float_array(values, name)
-    t, _ = checks.float_array(target, "target")
+def _binary_cross_entropy(values: Any, target: Any, weight: Any, pos_weight: Any, reduction: Any,
+                          *, kind: BinaryInput, want_grad: bool, grad_output: Any = None) -> Any:
+    name = kind.value
+    backend = backend_of(values, target)
+    v = backend.array(values, name)
+    t = backend.array(target, "target")
+    work, result_dtype = checks.compute_dtype(v.dtype, name)
+    checks.compute_dtype(t.dtype, "target")
     checks.same_shape(v.shape, t.shape, (name, "target"))
     reduction = checks.check_reduction(reduction)
-    shape, n = v.shape, v.size
-    v1 = np.ascontiguousarray(v).reshape(-1)
-    t1 = np.ascontiguousarray(t, dtype=v.dtype).reshape(-1)
-    w1 = _flat_operand(weight, shape, "weight")
-    pw1 = _flat_operand(pos_weight, shape, "pos_weight") if from_logits else None
-
-    grad1, grad_scale, scale = None, None, 1.0
+    shape = tuple(v.shape)
+    v1 = backend.flat(v, work)
+    t1 = backend.flat(t, work)
+    w1 = _elementwise_operand(backend, weight, shape, "weight")
+    pw1 = (_elementwise_operand(backend, pos_weight, shape, "pos_weight")
+           if kind is BinaryInput.LOGITS else None)
+    scale = grad1 = None
     if want_grad:
-        if grad_output is not None:
-            g = np.asarray(grad_output)
-            checks.compute_dtype(g.dtype, "grad_output")
-            if reduction == "none" and g.ndim:
-                grad_scale = _flat_operand(g, shape, "grad_output")
-            elif g.ndim:
-                raise ValueError(f"grad_output for reduction={reduction!r} must be a scalar, got shape {g.shape}")
-            else:
-                scale = float(g)
-        if reduction == "mean":
-            scale = scale / n if n else math.nan
-        grad1 = np.empty(n, dtype=v.dtype)
-    loss_out = np.empty(n, dtype=np.float64) if reduction == "none" else None
-    total, bad = binary_kernels.bce_flat(v1, t1, w1, pw1, from_logits, grad_scale, scale,
-                                         loss_out, grad1, TASK_ELEMENTS)
+        scale = grad_scale(backend, grad_output, reduction, shape, broadcast=True)
+        grad1 = backend.empty(v1.shape, work)
+    losses, bad = backend.binary_cross_entropy(v1, t1, w1, pw1, kind=kind, reduction=reduction,
+                                               grad_scale=scale, grad=grad1)
     if bad >= 0:
-        where = np.unravel_index(bad, shape) if len(shape) > 1 else bad
-        raise ValueError(f"probs must be in [0, 1]; found {v1[bad]!r} at index {where}")
-    if reduction == "none":
-        loss = _scalar_or_array(loss_out.reshape(shape), result_dtype)
-    else:
-        loss = _reduce(np.float64(total), reduction, n, (), result_dtype)
+        raise checks.probability_range_error(backend.read_element(v1, bad), bad, shape)
+    loss = backend.result(losses, result_dtype, shape if reduction is Reduction.NONE else ())
     if not want_grad:
         return loss
-    return loss, grad1.reshape(shape).astype(result_dtype, copy=False)
+    return loss, backend.result(grad1, result_dtype, shape)
 
 
-@dispatch
+@public
 def binary_cross_entropy(probs: ArrayLike, target: ArrayLike, *, weight: Optional[ArrayLike] = None,
-                         reduction: Reduction = "mean") -> Loss:
+                         reduction: ReductionName = "mean") -> Loss:
     """-w [t log p + (1 - t) log(1 - p)] elementwise, PyTorch semantics: each
     log is clamped at -100, ``weight`` broadcasts to ``probs``; probabilities
     outside [0, 1] raise ValueError.
@@ -312,25 +317,27 @@ def binary_cross_entropy(probs: ArrayLike, target: ArrayLike, *, weight: Optiona
     >>> round(float(fx.binary_cross_entropy(np.array([0.9]), np.array([1.0]))), 6)
     0.105361
     """
-    return _binary_cross_entropy(probs, target, weight, None, reduction, False, False, None)
+    return _binary_cross_entropy(probs, target, weight, None, reduction, kind=BinaryInput.PROBS,
+                                 want_grad=False)
 
 
-@dispatch
+@public
 def binary_cross_entropy_with_grad(probs: ArrayLike, target: ArrayLike, *,
                                    weight: Optional[ArrayLike] = None,
-                                   reduction: Reduction = "mean",
+                                   reduction: ReductionName = "mean",
                                    grad_output: Optional[ArrayLike] = None) -> Tuple[Loss, np.ndarray]:
     """:func:`binary_cross_entropy` and its gradient with respect to ``probs``:
-    w (p - t) / (p (1 - p)) (seed 002's (β − α)/(β(1 − β)); the denominator is
-    clamped at 1e-12 as PyTorch does), scaled by the reduction and ``grad_output``."""
-    return _binary_cross_entropy(probs, target, weight, None, reduction, False, True, grad_output)
+    w (p - t) / (p (1 - p)) (the denominator is clamped at 1e-12 as
+    PyTorch does), scaled by the reduction and ``grad_output``."""
+    return _binary_cross_entropy(probs, target, weight, None, reduction, kind=BinaryInput.PROBS,
+                                 want_grad=True, grad_output=grad_output)
 
 
-@dispatch
+@public
 def binary_cross_entropy_with_logits(logits: ArrayLike, target: ArrayLike, *,
                                      weight: Optional[ArrayLike] = None,
                                      pos_weight: Optional[ArrayLike] = None,
-                                     reduction: Reduction = "mean") -> Loss:
+                                     reduction: ReductionName = "mean") -> Loss:
     """Binary cross-entropy of sigmoid(logits), in PyTorch's stable form
     (never overflows).  ``pos_weight`` weights the positive term and
     broadcasts along the last axis; ``weight`` broadcasts to ``logits``.
@@ -338,43 +345,46 @@ def binary_cross_entropy_with_logits(logits: ArrayLike, target: ArrayLike, *,
     >>> round(float(fx.binary_cross_entropy_with_logits(np.array([0.0]), np.array([1.0]))), 6)
     0.693147
     """
-    return _binary_cross_entropy(logits, target, weight, pos_weight, reduction, True, False, None)
+    return _binary_cross_entropy(logits, target, weight, pos_weight, reduction,
+                                 kind=BinaryInput.LOGITS, want_grad=False)
 
 
-@dispatch
+@public
 def binary_cross_entropy_with_logits_with_grad(logits: ArrayLike, target: ArrayLike, *,
                                                weight: Optional[ArrayLike] = None,
                                                pos_weight: Optional[ArrayLike] = None,
-                                               reduction: Reduction = "mean",
+                                               reduction: ReductionName = "mean",
                                                grad_output: Optional[ArrayLike] = None
                                                ) -> Tuple[Loss, np.ndarray]:
     """:func:`binary_cross_entropy_with_logits` and its gradient with respect to
     the logits: w [sigmoid(x) (1 - t + pw t) - pw t], scaled by the reduction
     and ``grad_output``."""
-    return _binary_cross_entropy(logits, target, weight, pos_weight, reduction, True, True,
-                                 grad_output)
+    return _binary_cross_entropy(logits, target, weight, pos_weight, reduction,
+                                 kind=BinaryInput.LOGITS, want_grad=True, grad_output=grad_output)
 
 
 # -------------------------------------------------------------- divergences
-def _divergence(p, q, axis, kind, want_grad):
-    if kind == "entropy":
-        a, result_dtype = checks.float_array(p, "p")
+def _divergence(p: Any, q: Any, axis: Axis, kind: Divergence, *, want_grad: bool) -> Any:
+    backend = backend_of(p, q)
+    a = backend.array(p, "p")
+    if kind is Divergence.ENTROPY:
+        work, result_dtype = checks.compute_dtype(a.dtype, "p")
     else:
-        a, b, result_dtype = checks.common_float_arrays(p, q, ("p", "q"))
+        b = backend.array(q, "q")
+        work, result_dtype = checks.common_compute_dtype((a.dtype, "p"), (b.dtype, "q"))
         checks.same_shape(a.shape, b.shape, ("p", "q"))
     layout = checks.rows_layout(a.shape, axis)
-    p2 = checks.as_rows(a, layout)
-    values = np.empty(layout.n_rows, dtype=np.float64)
-    grad2 = np.empty(p2.shape, dtype=p2.dtype) if want_grad else None
-    q2 = p2 if kind == "entropy" else checks.as_rows(b, layout)
-    divergence_kernels.divergence_rows(kind, p2, q2, values, grad2, rows_per_task(layout.n_classes))
-    value = _scalar_or_array(layout.restore_rows(values), result_dtype)
+    n_rows, n_classes = layout.n_rows, layout.n_classes
+    p2 = backend.rows(a, layout.perm, n_rows, n_classes, work)
+    q2 = p2 if kind is Divergence.ENTROPY else backend.rows(b, layout.perm, n_rows, n_classes, work)
+    values, grad2 = backend.divergence_rows(kind, p2, q2, want_grad=want_grad)
+    value = backend.result(values, result_dtype, layout.reduced_shape())
     if not want_grad:
         return value
-    return value, layout.restore_full(grad2).astype(result_dtype, copy=False)
+    return value, backend.result(grad2, result_dtype, *layout.full_shape())
 
 
-@dispatch
+@public
 def entropy(p: ArrayLike, axis: Axis = -1) -> Loss:
     """Shannon entropy H(p) = -sum p log p along ``axis`` (natural log), with
     0 log 0 = 0 (scipy.special.entr terms: a negative p gives -inf).
@@ -382,16 +392,16 @@ def entropy(p: ArrayLike, axis: Axis = -1) -> Loss:
     >>> round(float(fx.entropy(np.array([0.5, 0.5]))), 6)
     0.693147
     """
-    return _divergence(p, None, axis, "entropy", False)
+    return _divergence(p, None, axis, Divergence.ENTROPY, want_grad=False)
 
 
-@dispatch
+@public
 def entropy_with_grad(p: ArrayLike, axis: Axis = -1) -> Tuple[Loss, np.ndarray]:
     """:func:`entropy` and dH/dp = -(log p + 1)."""
-    return _divergence(p, None, axis, "entropy", True)
+    return _divergence(p, None, axis, Divergence.ENTROPY, want_grad=True)
 
 
-@dispatch
+@public
 def kl_divergence(p: ArrayLike, q: ArrayLike, axis: Axis = -1) -> Loss:
     """KL(p || q) = sum p log(p / q) along ``axis`` (scipy.special.rel_entr
     terms: 0 where p = 0, inf where q = 0 < p).
@@ -399,16 +409,16 @@ def kl_divergence(p: ArrayLike, q: ArrayLike, axis: Axis = -1) -> Loss:
     >>> float(fx.kl_divergence(np.array([0.5, 0.5]), np.array([0.5, 0.5])))
     0.0
     """
-    return _divergence(p, q, axis, "kl", False)
+    return _divergence(p, q, axis, Divergence.KL, want_grad=False)
 
 
-@dispatch
+@public
 def kl_divergence_with_grad(p: ArrayLike, q: ArrayLike, axis: Axis = -1) -> Tuple[Loss, np.ndarray]:
     """:func:`kl_divergence` and its gradient with respect to q: -p / q (0 where p = 0)."""
-    return _divergence(p, q, axis, "kl", True)
+    return _divergence(p, q, axis, Divergence.KL, want_grad=True)
 
 
-@dispatch
+@public
 def cross_entropy_probs(p: ArrayLike, q: ArrayLike, axis: Axis = -1) -> Loss:
     """H(p, q) = -sum p log q of two probability arrays (not logits) along
     ``axis``; terms with p = 0 count 0, q = 0 < p gives inf.
@@ -417,12 +427,12 @@ def cross_entropy_probs(p: ArrayLike, q: ArrayLike, axis: Axis = -1) -> Loss:
     >>> round(float(fx.cross_entropy_probs(np.array([1.0, 0.0]), np.array([0.5, 0.5]))), 6)
     0.693147
     """
-    return _divergence(p, q, axis, "xent", False)
+    return _divergence(p, q, axis, Divergence.XENT, want_grad=False)
 
 
-@dispatch
+@public
 def cross_entropy_probs_with_grad(p: ArrayLike, q: ArrayLike, axis: Axis = -1
                                   ) -> Tuple[Loss, np.ndarray]:
     """:func:`cross_entropy_probs` and its gradient with respect to q: -p / q
-    (seed 002; 0 where p = 0)."""
-    return _divergence(p, q, axis, "xent", True)
+    (0 where p = 0)."""
+    return _divergence(p, q, axis, Divergence.XENT, want_grad=True)

@@ -2,16 +2,21 @@
 
 Everything a kernel relies on is checked here, before any kernel runs: Numba
 does not bounds-check, so a wrong shape or label would read or write out of
-bounds.  Checks that only need shapes and dtypes take plain tuples, so the
-CUDA path shares them.
+bounds.  Every check takes metadata only (shapes, dtypes, option values), so
+one check serves every backend; the rules that several functions share
+(dtype promotion, the mean over a zero denominator, the shape of
+``grad_output``, the errors for bad labels and probabilities) are written
+here once.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Tuple, Union
 
 import numpy as np
+
+from fastxent._backend import Reduction
 
 try:  # numpy >= 2
     from numpy.lib.array_utils import normalize_axis_tuple
@@ -20,6 +25,7 @@ except ImportError:  # pragma: no cover - numpy 1.x
 
 Axis = Union[int, Sequence[int], None]
 REDUCTIONS = ("none", "mean", "sum")
+_REDUCTIONS = {r.value: r for r in Reduction}
 
 
 # ----------------------------------------------------------------- dtypes
@@ -41,21 +47,15 @@ def compute_dtype(dtype: np.dtype, name: str) -> tuple[np.dtype, np.dtype]:
     )
 
 
-def float_array(x: Any, name: str) -> tuple[np.ndarray, np.dtype]:
-    """``x`` as a NumPy array in its compute dtype, and the result dtype."""
-    a = np.asarray(x)
-    work, result = compute_dtype(a.dtype, name)
-    return (a if a.dtype == work else a.astype(work)), result
-
-
-def common_float_arrays(x: Any, y: Any, names: tuple[str, str]):
-    """Two float inputs computed in one dtype (NumPy's promotion of the two)."""
-    a, b = np.asarray(x), np.asarray(y)
-    work_a, res_a = compute_dtype(a.dtype, names[0])
-    work_b, res_b = compute_dtype(b.dtype, names[1])
-    work = np.promote_types(work_a, work_b)
-    result = np.promote_types(res_a, res_b)
-    return a.astype(work, copy=False), b.astype(work, copy=False), result
+def common_compute_dtype(*named: Tuple[np.dtype, str]) -> tuple[np.dtype, np.dtype]:
+    """(compute dtype, result dtype) of several float inputs, given as
+    (dtype, name) pairs: each mapped by :func:`compute_dtype`, then promoted
+    together as NumPy would."""
+    work, result = compute_dtype(*named[0])
+    for dtype, name in named[1:]:
+        w, r = compute_dtype(dtype, name)
+        work, result = np.promote_types(work, w), np.promote_types(result, r)
+    return work, result
 
 
 # ----------------------------------------------------------------- shapes
@@ -75,24 +75,31 @@ class Rows:
         self.batch_shape, self.n_rows, self.n_classes = batch_shape, n_rows, n_classes
         self.is_identity = perm == tuple(range(len(shape)))  # no transpose needed
 
-    def restore_rows(self, values: np.ndarray, keepdims: bool = False) -> np.ndarray:
-        """(rows,) results back to the batch shape (with size-1 axes if keepdims)."""
-        out = values.reshape(self.batch_shape)
+    def reduced_shape(self, keepdims: bool = False) -> tuple:
+        """The shape of one result per row: the batch shape (with size-1
+        class axes if keepdims)."""
         if keepdims:
-            out = out.reshape([1 if d in self.axes else n for d, n in enumerate(self.shape)])
-        return out
+            return tuple(1 if d in self.axes else n for d, n in enumerate(self.shape))
+        return self.batch_shape
 
-    def restore_full(self, values: np.ndarray) -> np.ndarray:
-        """(rows, classes) results back to the input's shape and axis order."""
+    def full_shape(self) -> tuple[tuple, Optional[tuple]]:
+        """(shape, axes) that bring (rows, classes) results back to the
+        input's shape and axis order: reshape to ``shape``, then transpose by
+        ``axes`` (None: no transpose)."""
         if self.is_identity:
-            return values.reshape(self.shape)
-        moved = values.reshape([self.shape[d] for d in self.perm])
-        return moved.transpose(np.argsort(self.perm))
+            return self.shape, None
+        moved = tuple(self.shape[d] for d in self.perm)
+        return moved, tuple(int(d) for d in np.argsort(self.perm))
 
 
 def rows_layout(shape: tuple, axis: Axis) -> Rows:
     """The :class:`Rows` mapping of an array of ``shape`` reduced over ``axis``."""
+    if type(shape) is not tuple:
+        shape = tuple(shape)
     ndim = len(shape)
+    if ndim == 0 and (axis is None or (type(axis) is int and axis in (-1, 0))):
+        # a 0-d input is one row of one class (as SciPy takes it, for any such axis)
+        return Rows((), (), (), (), 1, 1)
     if (axis == -1 or axis == ndim - 1) and ndim and type(axis) is int:
         # fast path: the class axis is already last
         batch_shape = tuple(shape[:-1])
@@ -110,13 +117,6 @@ def rows_layout(shape: tuple, axis: Axis) -> Rows:
                 math.prod(shape[d] for d in axes))
 
 
-def as_rows(a: np.ndarray, layout: Rows) -> np.ndarray:
-    """``a`` as a C-contiguous (rows, classes) array (a view when it already is one)."""
-    if not layout.is_identity:
-        a = a.transpose(layout.perm)
-    return np.ascontiguousarray(a.reshape(layout.n_rows, layout.n_classes))
-
-
 def last_axis_rows(shape: tuple[int, ...], name: str) -> Rows:
     """Layout for functions whose class axis is the last one (cross-entropy)."""
     if len(shape) == 0:
@@ -131,14 +131,46 @@ def same_shape(a_shape: tuple, b_shape: tuple, names: tuple[str, str]) -> None:
         )
 
 
+def broadcastable(shape: tuple, to: tuple, name: str) -> None:
+    """ValueError unless an operand of ``shape`` broadcasts to ``to``."""
+    try:
+        ok = np.broadcast_shapes(tuple(shape), tuple(to)) == tuple(to)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"{name} of shape {tuple(shape)} does not broadcast to the input's shape "
+                         f"{tuple(to)}")
+
+
 # ------------------------------------------------------------ loss options
-def check_reduction(reduction: str) -> str:
-    if reduction not in REDUCTIONS:
+class _Default:
+    """The default of ``ignore_index``: -100, but told apart from an explicit
+    -100 (which probability targets refuse)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "-100"
+
+    def __index__(self) -> int:
+        return -100
+
+
+#: ``ignore_index``'s default value (shows as -100).
+IGNORE_INDEX_DEFAULT: Any = _Default()
+
+
+def check_reduction(reduction: str) -> Reduction:
+    """The :class:`Reduction` named by ``reduction``."""
+    found = _REDUCTIONS.get(reduction) if type(reduction) is str else None
+    if found is None:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    return reduction
+    return found
 
 
 def check_label_smoothing(label_smoothing: float) -> float:
+    if type(label_smoothing) is float and 0.0 <= label_smoothing <= 1.0:  # the usual call, fast
+        return label_smoothing
     try:
         eps = float(label_smoothing)
     except (TypeError, ValueError):
@@ -148,7 +180,17 @@ def check_label_smoothing(label_smoothing: float) -> float:
     return eps
 
 
-def check_ignore_index(ignore_index: Any) -> int:
+def check_ignore_index(ignore_index: Any, *, class_indices: bool) -> int:
+    """``ignore_index`` as an int.  With probability targets
+    (``class_indices`` False) only the default is accepted: an explicit value
+    is a ValueError, as in PyTorch."""
+    if ignore_index is IGNORE_INDEX_DEFAULT:
+        return -100
+    if not class_indices:
+        raise ValueError(
+            f"ignore_index={ignore_index!r} is not supported with probability targets (float "
+            "targets of the logits' shape): leave it at its default"
+        )
     if type(ignore_index) is int:  # the usual call, fast
         return ignore_index
     if isinstance(ignore_index, (bool, np.bool_)) or not isinstance(ignore_index, (int, np.integer)):
@@ -156,92 +198,110 @@ def check_ignore_index(ignore_index: Any) -> int:
     return int(ignore_index)
 
 
-def class_weight(weight: Any, n_classes: int) -> Optional[np.ndarray]:
-    """``weight`` as a contiguous float64 vector of length C (or None)."""
-    if weight is None:
-        return None
-    w = np.asarray(weight)
-    compute_dtype(w.dtype, "weight")
-    if w.shape != (n_classes,):
+def check_class_weight(dtype: np.dtype, shape: tuple, n_classes: int) -> None:
+    """A per-class ``weight`` has a float/int dtype and shape (C,)."""
+    compute_dtype(dtype, "weight")
+    if tuple(shape) != (n_classes,):
         raise ValueError(
-            f"weight must be a 1-D array with one entry per class ({n_classes}), got shape {w.shape}"
+            f"weight must be a 1-D array with one entry per class ({n_classes}), got shape {tuple(shape)}"
         )
-    return np.ascontiguousarray(w, dtype=np.float64)
 
 
-def is_class_index_target(target: np.ndarray, logits_shape: tuple, name: str = "target") -> bool:
+def is_class_index_target(dtype: np.dtype, shape: tuple, logits_shape: tuple,
+                          name: str = "target") -> bool:
     """True for integer class indices (shape logits.shape[:-1]), False for
-    probabilities (shape logits.shape); anything else is an error."""
-    kind = target.dtype.kind
+    probabilities (float or bool, shape logits.shape; bool is promoted to
+    float like every bool input); anything else is an error."""
+    kind = np.dtype(dtype).kind
+    shape = tuple(shape)
     if kind in "iu":
-        if target.shape != tuple(logits_shape[:-1]):
+        if shape != tuple(logits_shape[:-1]):
             raise ValueError(
                 f"class-index {name} must have shape logits.shape[:-1] = {tuple(logits_shape[:-1])}, "
-                f"got {target.shape}"
+                f"got {shape}"
             )
         return True
-    if kind == "f":
-        if target.shape != tuple(logits_shape):
+    if kind == "b" and shape != tuple(logits_shape):
+        raise TypeError(
+            f"{name}: a bool target is a probability target (promoted to float64) and must have "
+            f"the shape of logits {tuple(logits_shape)}, got {shape}; class indices need an "
+            "integer dtype"
+        )
+    if kind in "fb":
+        if shape != tuple(logits_shape):
             hint = (" (class indices must have an integer dtype)"
-                    if target.shape == tuple(logits_shape[:-1]) else "")
+                    if shape == tuple(logits_shape[:-1]) else "")
             raise ValueError(
                 f"probability {name} must have the shape of logits {tuple(logits_shape)}, "
-                f"got {target.shape}{hint}"
+                f"got {shape}{hint}"
             )
         return False
     raise TypeError(
-        f"{name}: unsupported dtype {target.dtype}; use integer class indices or float probabilities"
+        f"{name}: unsupported dtype {dtype}; use integer class indices or float probabilities"
     )
+
+
+def _where(index: int, shape: tuple) -> Any:
+    """A flat index as the multi-index of ``shape`` (plain ints), or itself in 1-D."""
+    if len(shape) <= 1:
+        return int(index)
+    return tuple(int(i) for i in np.unravel_index(index, shape))
 
 
 def bad_label_error(label: int, row: int, batch_shape: tuple, n_classes: int,
                     ignore_index: int) -> IndexError:
-    where = np.unravel_index(row, batch_shape) if len(batch_shape) > 1 else row
-    if isinstance(where, tuple):
-        where = tuple(int(i) for i in where)
+    """The error for a label outside [0, C) that is not ``ignore_index``."""
     return IndexError(
-        f"target {label} at row {where} is out of range for {n_classes} classes "
+        f"target {label} at row {_where(row, batch_shape)} is out of range for {n_classes} classes "
         f"(valid labels are 0..{n_classes - 1}, or ignore_index={ignore_index})"
     )
 
 
-def grad_row_scale(grad_output: Any, reduction: str, batch_shape: tuple, denominator: float,
-                   name: str = "grad_output") -> np.ndarray:
-    """The per-row factor of the gradient: grad_output, divided by the mean's
-    denominator; a float64 vector with one entry per row."""
-    n_rows = math.prod(batch_shape)
-    scale = np.empty(n_rows)
-    if grad_output is None or type(grad_output) in (float, int):
-        g = float(1.0 if grad_output is None else grad_output)  # the usual call: no 0-d arrays
-    else:
-        a = np.asarray(grad_output)
-        compute_dtype(a.dtype, name)
-        if reduction == "none" and a.ndim != 0:
-            if a.shape != tuple(batch_shape):
-                raise ValueError(
-                    f"{name} for reduction='none' must be a scalar or have the loss's shape "
-                    f"{tuple(batch_shape)}, got {a.shape}"
-                )
-            scale[...] = a.reshape(-1)
-            return scale
-        if a.ndim != 0:
-            raise ValueError(f"{name} for reduction={reduction!r} must be a scalar, got shape {a.shape}")
-        g = float(a)
-    if reduction == "mean":  # NumPy's x / 0 = +-inf and 0 / 0 = NaN (no rows kept)
-        g = g / denominator if denominator else (math.nan if g == 0 or math.isnan(g)
-                                                 else math.copysign(math.inf, g))
-    scale.fill(g)  # (np.full costs a microsecond more on a (64, 10) call)
-    return scale
+def probability_range_error(value: Any, index: int, shape: tuple) -> ValueError:
+    """The error for a BCE probability outside [0, 1]."""
+    return ValueError(f"probs must be in [0, 1]; found {value!r} at index {_where(index, shape)}")
 
 
-def output_array(out: Any, shape: tuple, dtype: np.dtype, name: str = "out") -> np.ndarray:
-    """Check a user-supplied output array."""
-    if not isinstance(out, np.ndarray):
-        raise ValueError(f"{name} must be a NumPy array, got {type(out).__name__}")
-    if out.shape != tuple(shape):
-        raise ValueError(f"{name} must have shape {tuple(shape)}, got {out.shape}")
-    if out.dtype != dtype:
-        raise ValueError(f"{name} must have dtype {dtype}, got {out.dtype}")
-    if not out.flags.writeable:
-        raise ValueError(f"{name} is read-only")
-    return out
+def mean_of(total: float, denominator: float) -> float:
+    """total / denominator, the mean of a reduction (and the factor of its
+    gradient).  A zero denominator -- no rows kept, or all kept rows of
+    weight 0 -- gives NaN, whatever the total, as PyTorch does (its mean is
+    0/0 there, and label smoothing only adds to a NaN)."""
+    if denominator == 0:
+        return math.nan
+    return total / denominator
+
+
+def grad_output_shape(shape: tuple, reduction: Reduction, loss_shape: tuple, *,
+                      broadcast: bool, name: str = "grad_output") -> None:
+    """``grad_output`` must be a scalar unless reduction is "none"; then it
+    has the loss's shape (or, with ``broadcast``, broadcasts to it)."""
+    shape = tuple(shape)
+    if not shape:
+        return
+    if reduction is not Reduction.NONE:
+        raise ValueError(f"{name} for reduction={reduction.value!r} must be a scalar, got shape {shape}")
+    if broadcast:
+        broadcastable(shape, loss_shape, name)
+    elif shape != tuple(loss_shape):
+        raise ValueError(
+            f"{name} for reduction='none' must be a scalar or have the loss's shape "
+            f"{tuple(loss_shape)}, got {shape}"
+        )
+
+
+def output_kind_error(name: str, expected: str, got: Any) -> ValueError:
+    return ValueError(f"{name} must be {expected}, got {type(got).__name__}")
+
+
+def read_only_error(name: str) -> ValueError:
+    return ValueError(f"{name} is read-only")
+
+
+def check_output(shape: tuple, dtype: np.dtype, expected_shape: tuple, expected_dtype: np.dtype,
+                 name: str = "out") -> None:
+    """A user-supplied output array has the result's shape and dtype."""
+    if tuple(shape) != tuple(expected_shape):
+        raise ValueError(f"{name} must have shape {tuple(expected_shape)}, got {tuple(shape)}")
+    if dtype != expected_dtype:
+        raise ValueError(f"{name} must have dtype {expected_dtype}, got {dtype}")

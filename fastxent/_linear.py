@@ -1,7 +1,7 @@
 """Fused linear cross-entropy: loss and gradients of a linear softmax classifier
 without ever holding the full (rows x classes) logits.
 
-Seed 000's model: scores f = x Wᵀ + b with W of shape (C, D), per-row loss
+The model: scores f = x Wᵀ + b with W of shape (C, D), per-row loss
 Lₙ = log Σ_c exp f_cn − f_yn, gradient Σₙ (ŷₙ − δₙ) xₙᵀ (+ λW).  The rows are
 processed in chunks; for each chunk
 
@@ -16,12 +16,12 @@ The extra memory is one chunk of logits plus one (C, D) block for the dW
 update, independent of the number of rows.  The chunk size comes from the
 class count and the cache size (:func:`auto_chunk_rows`), or ``chunk_size``.
 
-The ``l2`` penalty (the seed's (λ/2)‖W‖²) is *added to the reduced loss*, and
+The ``l2`` penalty ((λ/2)‖W‖²) is *added to the reduced loss*, and
 its gradient l2·W is added to dW, both times ``grad_output``:
 
     loss = reduce(Lₙ) + (l2/2)‖W‖²,   dW = ∂reduce(Lₙ)/∂W + l2·W.
 
-With ``reduction="sum"`` this is exactly the seed's objective Σₙ Lₙ +
+With ``reduction="sum"`` this is exactly the objective Σₙ Lₙ +
 (λ/2)‖W‖²; with ``"mean"`` only the data term is divided by the denominator
 (like ``F.cross_entropy(x @ W.T, y) + l2/2 * W.square().sum()``).  The
 penalty belongs to no single row, so ``reduction="none"`` with ``l2 != 0`` is a
@@ -39,10 +39,13 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from fastxent import _checks as checks
-from fastxent._api import cross_entropy, cross_entropy_with_grad
-from fastxent._backend import is_cuda_array, is_dask_array
+from fastxent._api import (check_labels, class_weight, cross_entropy, cross_entropy_with_grad,
+                           grad_scale)
+from fastxent._backend import Reduction, backend_of, cpu_backend, is_cuda_array
+from fastxent._backend import _is_dask_collection
 
-__all__ = ["linear_cross_entropy", "linear_cross_entropy_with_grad", "auto_chunk_rows"]
+__all__ = ["linear_cross_entropy", "linear_cross_entropy_with_grad", "auto_chunk_rows",
+           "LinearProblem", "run"]
 
 # ------------------------------------------------------------- chunk sizes
 # A block of logits of about the last-level cache size keeps the three GEMMs
@@ -125,165 +128,236 @@ def _check_chunk_size(chunk_size: Any) -> Optional[int]:
     return int(chunk_size)
 
 
-class _Problem:
-    """Validated, normalised inputs: 2-D x (rows, D), W (C, D), bias, targets,
-    the mean's denominator and the gradient scale."""
+class LinearProblem:
+    """One validated, normalised linear cross-entropy problem: the inputs of
+    :func:`linear_cross_entropy` as the chunked loop (:func:`run`) takes them.
+
+    Built by :meth:`from_arguments` (which checks everything the public
+    functions check); the model can be swapped with :meth:`set_parameters`
+    without validating the data again (``fastxent.sklearn`` evaluates one
+    problem at many (W, bias)).
+
+    Fields: ``x2`` (rows, D) and ``W`` (C, D) in the compute ``dtype``,
+    ``bias`` (C,) or None, ``labels`` (int64 (rows,), class indices) or
+    ``soft`` ((rows, C) probabilities), ``weight`` (float64 (C,) or None),
+    ``ignore_index``, ``reduction`` (a :class:`~fastxent._backend.Reduction`),
+    ``smoothing``, ``l2``, ``denominator`` (the mean's: the kept rows' summed
+    weight, or the row count), ``batch_shape`` and ``x_shape`` (for the
+    results), ``result_dtype``, ``chunk_rows``."""
 
     __slots__ = ("x2", "W", "bias", "labels", "soft", "batch_shape", "x_shape", "dtype",
                  "result_dtype", "n_classes", "weight", "ignore_index", "reduction",
-                 "smoothing", "l2", "denominator", "chunk_rows", "hard")
+                 "smoothing", "l2", "denominator", "chunk_rows")
 
+    @property
+    def hard(self) -> bool:
+        """True for class-index targets."""
+        return self.labels is not None
 
-def _prepare(x, W, target, bias, l2, weight, ignore_index, reduction, label_smoothing,
-             chunk_size) -> _Problem:
-    p = _Problem()
-    xa = np.asarray(x)
-    Wa = np.asarray(W)
-    work_x, res_x = checks.compute_dtype(xa.dtype, "x")
-    work_w, res_w = checks.compute_dtype(Wa.dtype, "W")
-    work, result = np.promote_types(work_x, work_w), np.promote_types(res_x, res_w)
-    ba = None
-    if bias is not None:
-        ba = np.asarray(bias)
-        work_b, res_b = checks.compute_dtype(ba.dtype, "bias")
-        work, result = np.promote_types(work, work_b), np.promote_types(result, res_b)
+    @classmethod
+    def from_arguments(cls, x: Any, W: Any, target: Any, *, bias: Any = None, l2: Any = 0.0,
+                       weight: Any = None, ignore_index: Any = checks.IGNORE_INDEX_DEFAULT,
+                       reduction: Any = "mean", label_smoothing: Any = 0.0,
+                       chunk_size: Any = None) -> "LinearProblem":
+        """Validate the public functions' arguments (errors as they raise them)."""
+        backend = _host_backend(x, W, target, bias, weight)
+        p = cls()
+        xa = backend.array(x, "x")
+        Wa = backend.array(W, "W")
+        ba = None if bias is None else backend.array(bias, "bias")
+        named = [(xa.dtype, "x"), (Wa.dtype, "W")] + ([] if ba is None else [(ba.dtype, "bias")])
+        work, result = checks.common_compute_dtype(*named)
 
-    if xa.ndim == 0:
-        raise ValueError("x must have at least one dimension (the feature axis), got a scalar")
-    if Wa.ndim != 2:
-        raise ValueError(f"W must be a 2-D array of shape (classes, features), got shape {Wa.shape}")
-    n_classes, n_features = Wa.shape
-    if xa.shape[-1] != n_features:
-        raise ValueError(
-            f"x has {xa.shape[-1]} features (last axis) but W has {n_features} "
-            f"(W must have shape (classes, features) = (C, {xa.shape[-1]})), got x {xa.shape} "
-            f"and W {Wa.shape}"
-        )
-    if ba is not None and ba.shape != (n_classes,):
-        raise ValueError(f"bias must have shape (classes,) = ({n_classes},), got {ba.shape}")
-
-    p.reduction = checks.check_reduction(reduction)
-    p.smoothing = checks.check_label_smoothing(label_smoothing)
-    p.ignore_index = checks.check_ignore_index(ignore_index)
-    p.weight = checks.class_weight(weight, n_classes)
-    p.l2 = _check_l2(l2)
-    if p.l2 != 0.0 and p.reduction == "none":
-        raise ValueError(
-            "l2 != 0 needs reduction='mean' or 'sum': the penalty (l2/2)*||W||^2 belongs to no "
-            "single row (add it to the summed per-row losses yourself)"
-        )
-    chunk_size = _check_chunk_size(chunk_size)
-
-    batch_shape = tuple(xa.shape[:-1])
-    n_rows = math.prod(batch_shape)
-    t = np.asarray(target)
-    p.hard = checks.is_class_index_target(t, batch_shape + (n_classes,))
-    if p.hard:
-        labels = t.reshape(n_rows)
-        keep = labels != p.ignore_index
-        bad = keep & ((labels < 0) | (labels >= n_classes))
-        if bad.any():
-            row = int(np.argmax(bad))
-            raise checks.bad_label_error(int(labels[row]), row, batch_shape, n_classes,
-                                         p.ignore_index)
-        kept = labels[keep]
-        p.denominator = float(kept.size) if p.weight is None else float(p.weight[kept].sum())
-        p.labels = labels
-        p.soft = None
-    else:
-        checks.compute_dtype(t.dtype, "target")
-        p.soft = t.reshape(n_rows, n_classes)
-        p.labels = None
-        p.denominator = float(n_rows)
-
-    # Everything checked: now the (possibly copying) conversions.
-    x2 = xa.reshape(n_rows, n_features)
-    if x2.dtype != work:
-        x2 = x2.astype(work)
-    Wc = Wa if Wa.dtype == work else Wa.astype(work)
-    if not (Wc.flags.c_contiguous or Wc.flags.f_contiguous):
-        Wc = np.ascontiguousarray(Wc)  # else every chunk's matmul would copy it
-    p.x2, p.W = x2, Wc
-    p.bias = None if ba is None else np.ascontiguousarray(ba, dtype=work)
-    p.batch_shape, p.x_shape = batch_shape, xa.shape
-    p.dtype, p.result_dtype = np.dtype(work), np.dtype(result)
-    p.n_classes = n_classes
-    p.chunk_rows = chunk_size or auto_chunk_rows(n_rows, n_classes, p.dtype.itemsize)
-    return p
-
-
-def _grad_scale(grad_output: Any, p: _Problem) -> Tuple[float, Optional[np.ndarray]]:
-    """(scalar factor of the data gradient for "mean"/"sum", per-row factors for "none")."""
-    if p.reduction == "none":
-        rows = checks.grad_row_scale(grad_output, "none", p.batch_shape, 1.0)
-        return 1.0, rows
-    if grad_output is None:
-        g = 1.0
-    else:
-        ga = np.asarray(grad_output)
-        checks.compute_dtype(ga.dtype, "grad_output")
-        if ga.ndim != 0:
+        if xa.ndim == 0:
+            raise ValueError("x must have at least one dimension (the feature axis), got a scalar")
+        if Wa.ndim != 2:
+            raise ValueError(f"W must be a 2-D array of shape (classes, features), got shape {Wa.shape}")
+        n_classes, n_features = Wa.shape
+        if xa.shape[-1] != n_features:
             raise ValueError(
-                f"grad_output for reduction={p.reduction!r} must be a scalar, got shape {ga.shape}")
-        g = float(ga)
-    return g, None
+                f"x has {xa.shape[-1]} features (last axis) but W has {n_features} "
+                f"(W must have shape (classes, features) = (C, {xa.shape[-1]})), got x {xa.shape} "
+                f"and W {Wa.shape}"
+            )
+        if ba is not None and ba.shape != (n_classes,):
+            raise ValueError(f"bias must have shape (classes,) = ({n_classes},), got {ba.shape}")
+
+        p.reduction = checks.check_reduction(reduction)
+        p.smoothing = checks.check_label_smoothing(label_smoothing)
+        p.l2 = _check_l2(l2)
+        if p.l2 != 0.0 and p.reduction is Reduction.NONE:
+            raise ValueError(
+                "l2 != 0 needs reduction='mean' or 'sum': the penalty (l2/2)*||W||^2 belongs to no "
+                "single row (add it to the summed per-row losses yourself)"
+            )
+        chunk_size = _check_chunk_size(chunk_size)
+
+        batch_shape = tuple(xa.shape[:-1])
+        n_rows = math.prod(batch_shape)
+        t = backend.array(target, "target")
+        hard = checks.is_class_index_target(t.dtype, t.shape, batch_shape + (n_classes,))
+        p.ignore_index = checks.check_ignore_index(ignore_index, class_indices=hard)
+        p.weight = class_weight(backend, weight, n_classes)
+        if hard:
+            p.labels = backend.flat(t, np.dtype(np.int64))
+            scan = check_labels(backend, t, p.labels, n_classes, p.ignore_index, p.weight,
+                                batch_shape)
+            p.denominator = scan.denominator()
+            p.soft = None
+        else:
+            checks.compute_dtype(t.dtype, "target")
+            p.soft = t.reshape(n_rows, n_classes)
+            p.labels = None
+            p.denominator = float(n_rows)
+
+        # Everything checked: now the (possibly copying) conversions.
+        p.dtype, p.result_dtype = np.dtype(work), np.dtype(result)
+        x2 = xa.reshape(n_rows, n_features)
+        p.x2 = x2 if x2.dtype == work else x2.astype(work)
+        p.n_classes = n_classes
+        p.set_parameters(Wa, ba)
+        p.batch_shape, p.x_shape = batch_shape, xa.shape
+        p.chunk_rows = chunk_size or auto_chunk_rows(n_rows, n_classes, p.dtype.itemsize)
+        return p
+
+    def set_parameters(self, W: np.ndarray, bias: Optional[np.ndarray]) -> None:
+        """Use the model (W, bias), of the shapes the problem was built with,
+        in the problem's compute dtype."""
+        Wc = W if W.dtype == self.dtype else W.astype(self.dtype)
+        if not (Wc.flags.c_contiguous or Wc.flags.f_contiguous):
+            Wc = np.ascontiguousarray(Wc)  # else every chunk's matmul would copy it
+        self.W = Wc
+        self.bias = None if bias is None else np.ascontiguousarray(bias, dtype=self.dtype)
+
+
+def _host_backend(*arrays: Any) -> Any:
+    """The backend whose native arrays the chunk loop works on: NumPy's, or
+    the torch-CPU kind's (NumPy views in, tensors out)."""
+    backend = backend_of(*arrays)
+    return backend if backend.name == "torch-cpu" else cpu_backend()
+
+
+def _as_kind_of(backend: Any, value: Any) -> Any:
+    """A result of the loop as the backend gives results back (None stays None)."""
+    if value is None or backend.name == "cpu":
+        return value
+    a = np.asarray(value)
+    return backend.result(a, a.dtype, a.shape)
+
+
+def _grad_scale(grad_output: Any, p: LinearProblem) -> Tuple[float, Optional[np.ndarray]]:
+    """(scalar factor of the data gradient for "mean"/"sum", per-row factors for "none")."""
+    scale = grad_scale(cpu_backend(), grad_output, p.reduction, p.batch_shape, broadcast=False)
+    if p.reduction is not Reduction.NONE:
+        return scale.factor, None
+    if scale.rows is None:
+        return 1.0, np.full(math.prod(p.batch_shape), scale.factor)
+    return 1.0, scale.rows
 
 
 # ---------------------------------------------------------------- the loop
-def _mean(total: float, denominator: float) -> float:
-    """total / denominator with PyTorch's answer for an empty denominator."""
-    if denominator == 0:
-        return math.nan if total == 0 or math.isnan(total) else math.copysign(math.inf, total)
-    return total / denominator
+class NumPyOps:
+    """What the chunk loop (:func:`run`) does with arrays, for NumPy arrays:
+    allocation, the three matrix products, the bias and the reductions.
+
+    :func:`run` takes any object with these methods: ``fastxent.torch`` passes
+    one made of torch operations (PyTorch's BLAS; CPU and CUDA tensors), so
+    the loop itself exists once.  Every array that reaches the loop from the
+    problem goes through :meth:`asarray` first."""
+
+    def __init__(self) -> None:
+        self._scratch: Optional[np.ndarray] = None
+
+    def asarray(self, a: Any) -> Any:
+        """A problem field (or None) as this library's array."""
+        return a
+
+    def empty(self, shape: Tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        return np.empty(shape, dtype=dtype)
+
+    def zeros(self, shape: Tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        return np.zeros(shape, dtype=dtype)
+
+    def gemm_operand(self, a: np.ndarray) -> np.ndarray:
+        """``a`` in a layout BLAS takes without a copy per product."""
+        return a if a.flags.c_contiguous or a.flags.f_contiguous else np.ascontiguousarray(a)
+
+    def matmul(self, a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+        """out = a @ b."""
+        np.matmul(a, b, out=out)
+
+    def matmul_add(self, acc: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
+        """acc += a @ b, through one scratch block of acc's size (reused)."""
+        if self._scratch is None or self._scratch.shape != acc.shape:
+            self._scratch = np.empty_like(acc)
+        np.matmul(a, b, out=self._scratch)
+        acc += self._scratch
+
+    def scale_into(self, out: np.ndarray, a: np.ndarray, factor: float) -> None:
+        """out = factor * a."""
+        np.multiply(a, out.dtype.type(factor), out=out)
+
+    def add_column_sums(self, acc: np.ndarray, G: np.ndarray) -> None:
+        """acc (float64) += the sums of G's columns, accumulated in float64."""
+        acc += np.add.reduce(G, axis=0, dtype=np.float64)
+
+    def squared_norm(self, W: np.ndarray) -> float:
+        """‖W‖² accumulated in float64, a block of rows at a time (no W-sized copy)."""
+        rows = max(1, (1 << 16) // max(W.shape[1], 1))
+        total = 0.0
+        for start in range(0, W.shape[0], rows):
+            block = W[start:start + rows].astype(np.float64).ravel()
+            total += float(np.dot(block, block))
+        return total
+
+    def result(self, a: np.ndarray, dtype: np.dtype) -> Any:
+        """A result array in the result dtype (0-d: a NumPy scalar)."""
+        a = a.astype(dtype, copy=False)
+        return a[()] if a.ndim == 0 else a
 
 
-def _squared_norm(W: np.ndarray) -> float:
-    """‖W‖² accumulated in float64, a block of rows at a time (no W-sized copy)."""
-    rows = max(1, (1 << 16) // max(W.shape[1], 1))
-    total = 0.0
-    for start in range(0, W.shape[0], rows):
-        block = W[start:start + rows].astype(np.float64).ravel()
-        total += float(np.dot(block, block))
-    return total
-
-
-def _run(p: _Problem, want_grad: bool, grad_output: Any = None, want_dx: bool = True):
-    """The chunked loop.  Returns (loss in the result dtype, dx, dW, dbias)."""
-    n_rows = p.x2.shape[0]
-    C, D = p.W.shape
+def run(p: LinearProblem, *, want_grad: bool, grad_output: Any = None, want_dx: bool = True,
+        ops: Optional[Any] = None):
+    """The chunked loop over ``p``'s rows.  Returns (loss in the result dtype, dx, dW, dbias).
+    ``ops`` does the array work (default :class:`NumPyOps`)."""
+    ops = NumPyOps() if ops is None else ops
+    x2, W, bias = ops.asarray(p.x2), ops.asarray(p.W), ops.asarray(p.bias)
+    labels, soft = ops.asarray(p.labels), ops.asarray(p.soft)
+    n_rows = x2.shape[0]
+    C, D = W.shape
     chunk = p.chunk_rows
-    none = p.reduction == "none"
-    ce_kw = dict(weight=p.weight, ignore_index=p.ignore_index, label_smoothing=p.smoothing)
+    none = p.reduction is Reduction.NONE
+    ce_kw = dict(weight=ops.asarray(p.weight), label_smoothing=p.smoothing)
+    if p.hard:
+        ce_kw["ignore_index"] = p.ignore_index
 
     g, row_scale = (1.0, None)
     if want_grad:
         g, row_scale = _grad_scale(grad_output, p)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        # the data term's gradient factor; 1/0 = inf makes kept rows NaN, as in PyTorch
-        scale = float(np.float64(g) / np.float64(p.denominator)) if p.reduction == "mean" else g
+        row_scale = ops.asarray(row_scale)
+    # the data term's gradient factor (NaN for a zero denominator, as its mean)
+    scale = checks.mean_of(g, p.denominator) if p.reduction is Reduction.MEAN else g
 
-    losses = np.empty(n_rows, dtype=p.dtype) if none else None
+    losses = ops.empty((n_rows,), p.dtype) if none else None
     total = 0.0
-    dx2 = dW = dbias = tmp = None
+    dx2 = dW = dbias = None
     if want_grad:
-        dx2 = np.empty((n_rows, D), dtype=p.dtype) if want_dx else None
-        dW = np.zeros((C, D), dtype=p.dtype)
+        dx2 = ops.empty((n_rows, D), p.dtype) if want_dx else None
+        dW = ops.zeros((C, D), p.dtype)
         if p.l2 != 0.0:
-            np.multiply(p.W, p.dtype.type(g * p.l2), out=dW)
-        dbias = np.zeros(C, dtype=np.float64) if p.bias is not None else None
+            ops.scale_into(dW, W, g * p.l2)
+        dbias = ops.zeros((C,), np.dtype(np.float64)) if bias is not None else None
 
-    buf = np.empty((min(chunk, n_rows), C), dtype=p.dtype) if n_rows else None
-    WT = p.W.T
+    buf = ops.empty((min(chunk, n_rows), C), p.dtype) if n_rows else None
+    WT = W.T
     for start in range(0, n_rows, chunk):
         stop = min(start + chunk, n_rows)
-        xc = p.x2[start:stop]
-        if not (xc.flags.c_contiguous or xc.flags.f_contiguous):
-            xc = np.ascontiguousarray(xc)
+        xc = ops.gemm_operand(x2[start:stop])
         logits = buf[: stop - start]
-        np.matmul(xc, WT, out=logits)
-        if p.bias is not None:
-            logits += p.bias
-        tc = p.labels[start:stop] if p.hard else p.soft[start:stop]
+        ops.matmul(xc, WT, logits)
+        if bias is not None:
+            logits += bias
+        tc = labels[start:stop] if p.hard else soft[start:stop]
 
         if not want_grad:
             value = cross_entropy(logits, tc, reduction="none" if none else "sum", **ce_kw)
@@ -303,34 +377,30 @@ def _run(p: _Problem, want_grad: bool, grad_output: Any = None, want_dx: bool = 
             total += float(value)
         # G is the logits buffer, now holding the scaled gradient
         if dx2 is not None:
-            np.matmul(G, p.W, out=dx2[start:stop])
+            ops.matmul(G, W, dx2[start:stop])
         if start == 0 and p.l2 == 0.0:
-            np.matmul(G.T, xc, out=dW)
+            ops.matmul(G.T, xc, dW)
         else:
-            if tmp is None:
-                tmp = np.empty((C, D), dtype=p.dtype)
-            np.matmul(G.T, xc, out=tmp)
-            dW += tmp
+            ops.matmul_add(dW, G.T, xc)
         if dbias is not None:
-            dbias += np.add.reduce(G, axis=0, dtype=np.float64)
+            ops.add_column_sums(dbias, G)
 
     rdt = p.result_dtype
     if none:
-        loss = losses.reshape(p.batch_shape).astype(rdt, copy=False)
-        loss = loss[()] if loss.ndim == 0 else loss
+        loss = ops.result(losses.reshape(p.batch_shape), rdt)
     else:
-        value = _mean(total, p.denominator) if p.reduction == "mean" else total
+        value = checks.mean_of(total, p.denominator) if p.reduction is Reduction.MEAN else total
         if p.l2 != 0.0:
-            value += 0.5 * p.l2 * _squared_norm(p.W)
+            value += 0.5 * p.l2 * ops.squared_norm(W)
         loss = rdt.type(value)
     if not want_grad:
         return loss, None, None, None
     dx = None
     if dx2 is not None:
-        dx = dx2.reshape(p.x_shape).astype(rdt, copy=False)
-    dW = dW.astype(rdt, copy=False)
+        dx = ops.result(dx2.reshape(p.x_shape), rdt)
+    dW = ops.result(dW, rdt)
     if dbias is not None:
-        dbias = dbias.astype(rdt)
+        dbias = ops.result(dbias, rdt)
     return loss, dx, dW, dbias
 
 
@@ -344,14 +414,14 @@ def _refuse_cuda(*arrays) -> None:
 
 def linear_cross_entropy(x: ArrayLike, W: ArrayLike, target: ArrayLike, *,
                          bias: Optional[ArrayLike] = None, l2: float = 0.0,
-                         weight: Optional[ArrayLike] = None, ignore_index: int = -100,
+                         weight: Optional[ArrayLike] = None,
+                         ignore_index: int = checks.IGNORE_INDEX_DEFAULT,
                          reduction: str = "mean", label_smoothing: float = 0.0,
                          chunk_size: Optional[int] = None) -> Any:
     """Cross-entropy of the linear scores ``x @ W.T + bias`` against ``target``,
     plus ``(l2/2) * ||W||**2``, without materialising the full logits.
 
-    ``x`` has shape (..., D) (leading axes are batch axes), ``W`` (C, D) as in
-    seed 000, ``bias`` (C,).  ``target`` and every other keyword have the
+    ``x`` has shape (..., D) (leading axes are batch axes), ``W`` (C, D), ``bias`` (C,).  ``target`` and every other keyword have the
     meaning of :func:`fastxent.cross_entropy` (class indices of shape
     ``x.shape[:-1]`` or probabilities of shape ``x.shape[:-1] + (C,)``).
     The penalty is added to the *reduced* loss (not divided by the mean's
@@ -363,34 +433,36 @@ def linear_cross_entropy(x: ArrayLike, W: ArrayLike, target: ArrayLike, *,
     >>> round(float(fx.linear_cross_entropy(x, W, np.array([0, 1]))), 6)
     0.126928
     """
-    if any(is_dask_array(a) for a in (x, W, target, bias)):
+    if any(_is_dask_collection(a) for a in (x, W, target, bias)):  # lazy graphs (fastxent.dask)
         from fastxent import dask as dask_backend
 
         return dask_backend.linear_cross_entropy(
             x, W, target, bias=bias, l2=l2, weight=weight, ignore_index=ignore_index,
             reduction=reduction, label_smoothing=label_smoothing, chunk_size=chunk_size)
     _refuse_cuda(x, W, target, bias)
-    p = _prepare(x, W, target, bias, l2, weight, ignore_index, reduction, label_smoothing,
-                 chunk_size)
-    return _run(p, want_grad=False)[0]
+    p = LinearProblem.from_arguments(x, W, target, bias=bias, l2=l2, weight=weight,
+                                     ignore_index=ignore_index, reduction=reduction,
+                                     label_smoothing=label_smoothing, chunk_size=chunk_size)
+    return _as_kind_of(_host_backend(x, W, target, bias, weight), run(p, want_grad=False)[0])
 
 
 def linear_cross_entropy_with_grad(x: ArrayLike, W: ArrayLike, target: ArrayLike, *,
                                    bias: Optional[ArrayLike] = None, l2: float = 0.0,
-                                   weight: Optional[ArrayLike] = None, ignore_index: int = -100,
+                                   weight: Optional[ArrayLike] = None,
+                                   ignore_index: int = checks.IGNORE_INDEX_DEFAULT,
                                    reduction: str = "mean", label_smoothing: float = 0.0,
                                    grad_output: Optional[ArrayLike] = None,
                                    chunk_size: Optional[int] = None):
     """:func:`linear_cross_entropy` and its gradients: ``(loss, (dx, dW, dbias))``.
 
     dx = G W, dW = Gᵀ x + l2·W, dbias = Σ_rows G, with G the gradient of the
-    reduced loss with respect to the logits (seed 000: (ŷ − δ), scaled by the
+    reduced loss with respect to the logits ((ŷ − δ), scaled by the
     reduction), all times ``grad_output`` (a scalar, or one value per row for
     ``reduction="none"``).  ``dbias`` is None without ``bias``.  One fused pass
     per chunk of rows; the extra memory is one chunk of logits and one (C, D)
     block.
     """
-    if any(is_dask_array(a) for a in (x, W, target, bias)):
+    if any(_is_dask_collection(a) for a in (x, W, target, bias)):  # lazy graphs (fastxent.dask)
         from fastxent import dask as dask_backend
 
         return dask_backend.linear_cross_entropy_with_grad(
@@ -398,7 +470,9 @@ def linear_cross_entropy_with_grad(x: ArrayLike, W: ArrayLike, target: ArrayLike
             reduction=reduction, label_smoothing=label_smoothing, grad_output=grad_output,
             chunk_size=chunk_size)
     _refuse_cuda(x, W, target, bias)
-    p = _prepare(x, W, target, bias, l2, weight, ignore_index, reduction, label_smoothing,
-                 chunk_size)
-    loss, dx, dW, dbias = _run(p, want_grad=True, grad_output=grad_output)
-    return loss, (dx, dW, dbias)
+    p = LinearProblem.from_arguments(x, W, target, bias=bias, l2=l2, weight=weight,
+                                     ignore_index=ignore_index, reduction=reduction,
+                                     label_smoothing=label_smoothing, chunk_size=chunk_size)
+    loss, dx, dW, dbias = run(p, want_grad=True, grad_output=grad_output)
+    backend = _host_backend(x, W, target, bias, weight)
+    return _as_kind_of(backend, loss), tuple(_as_kind_of(backend, g) for g in (dx, dW, dbias))

@@ -77,6 +77,20 @@ def _work_dtype(dtype: np.dtype, name: str) -> Tuple[np.dtype, np.dtype]:
     return checks.compute_dtype(dtype, name)
 
 
+def _reduction(reduction: Any) -> str:
+    """The validated reduction's name ("none", "mean" or "sum")."""
+    return checks.check_reduction(reduction).value
+
+
+def _class_weight(weight: Any, n_classes: int) -> Any:
+    """A per-class weight as a float64 NumPy vector (a Dask one stays lazy)."""
+    if weight is None:
+        return None
+    w = weight if isinstance(weight, da.Array) else np.asarray(weight)
+    checks.check_class_weight(w.dtype, w.shape, n_classes)
+    return w.astype(np.float64) if isinstance(w, da.Array) else np.ascontiguousarray(w, np.float64)
+
+
 def _delayed_constant(value: Any) -> Any:
     """A small array or None as one graph key shared by every task (not copied
     into each task); a Dask array becomes one delayed NumPy array."""
@@ -116,11 +130,7 @@ class _pick_keepdims:
         return np.expand_dims(np.asarray(block[self.index]), self.axes)
 
 
-def _mean(total: float, denominator: float) -> float:
-    """total / denominator with PyTorch's NaN/inf for an empty denominator."""
-    if denominator == 0:
-        return math.nan if total == 0 or math.isnan(total) else math.copysign(math.inf, total)
-    return total / denominator
+_mean = checks.mean_of  # total / denominator; NaN over no (weighted) rows, as PyTorch
 
 
 def _finish_reduction(pairs: np.ndarray, reduction: str, dtype: np.dtype) -> np.ndarray:
@@ -144,10 +154,7 @@ def _mean_scale(grad_output: float, denominator_pair: np.ndarray, reduction: str
     g = float(grad_output)
     if reduction != "mean":
         return g
-    d = float(denominator_pair[1])
-    if d:
-        return g / d
-    return math.nan if g == 0 or math.isnan(g) else math.copysign(math.inf, g)
+    return checks.mean_of(g, float(denominator_pair[1]))
 
 
 def _scalar_grad_output(grad_output: Any, reduction: str, batch_shape: tuple) -> Any:
@@ -333,21 +340,14 @@ class _CE:
         x = _as_dask(logits, "logits")
         self.work, self.result = _work_dtype(x.dtype, "logits")
         layout = checks.last_axis_rows(x.shape, "logits")
-        self.reduction = checks.check_reduction(reduction)
+        self.reduction = _reduction(reduction)
         self.smoothing = checks.check_label_smoothing(label_smoothing)
-        self.ignore_index = checks.check_ignore_index(ignore_index)
         self.n_classes = layout.n_classes
         self.batch_shape = layout.batch_shape
-        if isinstance(weight, da.Array):
-            checks.compute_dtype(weight.dtype, "weight")
-            if tuple(weight.shape) != (self.n_classes,):
-                raise ValueError(f"weight must be a 1-D array with one entry per class "
-                                 f"({self.n_classes}), got shape {tuple(weight.shape)}")
-            self.weight = weight.astype(np.float64)
-        else:
-            self.weight = checks.class_weight(weight, self.n_classes)
         t = _as_dask(target, "target")
-        self.hard = checks.is_class_index_target(t, x.shape)
+        self.hard = checks.is_class_index_target(t.dtype, t.shape, x.shape)
+        self.ignore_index = checks.check_ignore_index(ignore_index, class_indices=self.hard)
+        self.weight = _class_weight(weight, self.n_classes)
         if self.hard:
             t = t[..., None].rechunk(x.chunks[:-1] + ((1,),))  # broadcasts over the classes
         else:
@@ -358,9 +358,6 @@ class _CE:
 
     def weight_key(self):
         return _delayed_constant(self.weight)
-
-    def options(self) -> dict:
-        return dict(ignore_index=self.ignore_index, label_smoothing=self.smoothing)
 
 
 def _check_labels_block(labels: np.ndarray, n_classes: int, ignore_index: int,
@@ -386,8 +383,9 @@ def _ce_rows_block(x, t, weight, hard, n_classes, ignore_index, smoothing, batch
     """One block of whole rows: validate its labels (global row numbers), then
     one fastxent.cross_entropy(_with_grad) call.  Returns the (loss sum,
     denominator) pair (or per-row losses for "none"), and the gradient."""
-    kw = dict(weight=weight, ignore_index=ignore_index, label_smoothing=smoothing)
+    kw = dict(weight=weight, label_smoothing=smoothing)
     if hard:
+        kw["ignore_index"] = ignore_index
         labels = t[..., 0]
         _check_labels_block(labels, n_classes, ignore_index, batch_shape, block_info, 0)
         denominator = _kept_weight(labels, weight, ignore_index)
@@ -614,7 +612,8 @@ def _ce_classes(p: _CE, want_grad: bool, grad_output: Any = None):
     return loss, grad
 
 
-def cross_entropy(logits: Any, target: Any, *, weight: Any = None, ignore_index: int = -100,
+def cross_entropy(logits: Any, target: Any, *, weight: Any = None,
+                  ignore_index: int = checks.IGNORE_INDEX_DEFAULT,
                   reduction: str = "mean", label_smoothing: float = 0.0) -> da.Array:
     """:func:`fastxent.cross_entropy` of Dask arrays: a lazy per-row loss
     (``"none"``) or 0-d loss.  Rows and classes may both be chunked."""
@@ -625,9 +624,9 @@ def cross_entropy(logits: Any, target: Any, *, weight: Any = None, ignore_index:
 
 
 def cross_entropy_with_grad(logits: Any, target: Any, *, weight: Any = None,
-                            ignore_index: int = -100, reduction: str = "mean",
-                            label_smoothing: float = 0.0, grad_output: Any = None,
-                            out: Any = None) -> Tuple[da.Array, da.Array]:
+                            ignore_index: int = checks.IGNORE_INDEX_DEFAULT,
+                            reduction: str = "mean", label_smoothing: float = 0.0,
+                            grad_output: Any = None, out: Any = None) -> Tuple[da.Array, da.Array]:
     """:func:`fastxent.cross_entropy_with_grad` of Dask arrays: (loss,
     dlogits), both lazy, dlogits chunked like the logits.  ``out`` is not
     supported (Dask arrays are immutable): pass None."""
@@ -663,9 +662,8 @@ def _bce_block(v, t, w, pw, from_logits, reduction, grad_scale, want_grad, block
         local = np.unravel_index(int(bad[0]), values.shape)
         info = block_info[0]
         position = tuple(int(i) + start for i, (start, _) in zip(local, info["array-location"]))
-        flat = int(np.ravel_multi_index(position, info["shape"]))
-        where = np.unravel_index(flat, info["shape"]) if len(position) > 1 else flat  # as _api
-        raise ValueError(f"probs must be in [0, 1]; found {values[local]!r} at index {where}") from None
+        flat = int(np.ravel_multi_index(position, info["shape"])) if position else 0
+        raise checks.probability_range_error(values[local], flat, tuple(info["shape"])) from None
     if reduction == "none":
         value = np.asarray(loss)
     else:
@@ -680,7 +678,7 @@ def _bce(values, target, weight, pos_weight, reduction, from_logits, want_grad, 
     _, result = _work_dtype(v.dtype, name)
     checks.compute_dtype(t.dtype, "target")
     checks.same_shape(v.shape, t.shape, (name, "target"))
-    reduction = checks.check_reduction(reduction)
+    reduction = _reduction(reduction)
     shape = v.shape
 
     def operand(value, opname):
@@ -688,14 +686,7 @@ def _bce(values, target, weight, pos_weight, reduction, from_logits, want_grad, 
             return None
         a = _as_dask(value, opname)
         checks.compute_dtype(a.dtype, opname)
-        try:
-            np.broadcast_shapes(a.shape, shape)
-        except ValueError:
-            raise ValueError(f"{opname} of shape {tuple(a.shape)} does not broadcast to the "
-                             f"input's shape {tuple(shape)}") from None
-        if np.broadcast_shapes(a.shape, shape) != tuple(shape):
-            raise ValueError(f"{opname} of shape {tuple(a.shape)} does not broadcast to the "
-                             f"input's shape {tuple(shape)}")
+        checks.broadcastable(tuple(a.shape), tuple(shape), opname)
         return da.broadcast_to(a, shape).rechunk(v.chunks)
 
     w = operand(weight, "weight")
@@ -874,8 +865,10 @@ def _linear_block(xb, tb, W, bias, n_classes, weight, ignore_index, smoothing, h
         labels = tb
         denominator = float(math.prod(xb.shape[:-1]))
     none = reduction == "none"
-    kw = dict(bias=bias, weight=weight, ignore_index=ignore_index, label_smoothing=smoothing,
+    kw = dict(bias=bias, weight=weight, label_smoothing=smoothing,
               reduction="none" if none else "sum", chunk_size=chunk_size)
+    if hard:
+        kw["ignore_index"] = ignore_index
     if not want_grad:
         loss = _linear.linear_cross_entropy(xb, W, labels, **kw)
         dx = dW = db = None
@@ -934,10 +927,9 @@ def _linear(x, W, target, bias, l2, weight, ignore_index, reduction, label_smoot
         result = np.promote_types(result, res_b)
         if tuple(bm.shape) != (n_classes,):
             raise ValueError(f"bias must have shape (classes,) = ({n_classes},), got {tuple(bm.shape)}")
-    reduction = checks.check_reduction(reduction)
+    reduction = _reduction(reduction)
     smoothing = checks.check_label_smoothing(label_smoothing)
-    ignore_index = checks.check_ignore_index(ignore_index)
-    w = checks.class_weight(weight, n_classes)
+    w = _class_weight(weight, n_classes)
     l2 = linear._check_l2(l2)
     if l2 != 0.0 and reduction == "none":
         raise ValueError(
@@ -946,7 +938,8 @@ def _linear(x, W, target, bias, l2, weight, ignore_index, reduction, label_smoot
     chunk_size = linear._check_chunk_size(chunk_size)
     batch_shape = tuple(xa.shape[:-1])
     t = _as_dask(target, "target")
-    hard = checks.is_class_index_target(t, batch_shape + (n_classes,))
+    hard = checks.is_class_index_target(t.dtype, t.shape, batch_shape + (n_classes,))
+    ignore_index = checks.check_ignore_index(ignore_index, class_indices=hard)
     xa = xa.rechunk(xa.chunks[:-1] + ((n_features,),))  # whole rows per block
     nb = xa.ndim - 1
     t = (t[..., None].rechunk(xa.chunks[:-1] + ((1,),)) if hard
@@ -1018,7 +1011,8 @@ def _linear_block_scaled(xb, tb, row_scale, W, bias, n_classes, weight, ignore_i
 
 
 def linear_cross_entropy(x: Any, W: Any, target: Any, *, bias: Any = None, l2: float = 0.0,
-                         weight: Any = None, ignore_index: int = -100, reduction: str = "mean",
+                         weight: Any = None, ignore_index: int = checks.IGNORE_INDEX_DEFAULT,
+                         reduction: str = "mean",
                          label_smoothing: float = 0.0, chunk_size: Optional[int] = None):
     """:func:`fastxent.linear_cross_entropy` with ``x`` (and the targets)
     a Dask array chunked along the rows; ``W`` and ``bias`` are small (NumPy,
@@ -1028,7 +1022,8 @@ def linear_cross_entropy(x: Any, W: Any, target: Any, *, bias: Any = None, l2: f
 
 
 def linear_cross_entropy_with_grad(x: Any, W: Any, target: Any, *, bias: Any = None,
-                                   l2: float = 0.0, weight: Any = None, ignore_index: int = -100,
+                                   l2: float = 0.0, weight: Any = None,
+                                   ignore_index: int = checks.IGNORE_INDEX_DEFAULT,
                                    reduction: str = "mean", label_smoothing: float = 0.0,
                                    grad_output: Any = None, chunk_size: Optional[int] = None):
     """:func:`fastxent.linear_cross_entropy_with_grad` on Dask arrays: (loss,
@@ -1045,8 +1040,8 @@ def _fit_block(xb: np.ndarray, yb: np.ndarray, W: np.ndarray, b: Optional[np.nda
     shaped (1, 1 + C*D + C): the fused linear cross-entropy without the dx GEMM."""
     from fastxent import _linear
 
-    problem = _linear._prepare(xb, W, yb[:, 0], b, 0.0, None, -100, "sum", 0.0, None)
-    loss, _, dW, db = _linear._run(problem, True, grad_output=scale, want_dx=False)
+    problem = _linear.LinearProblem.from_arguments(xb, W, yb[:, 0], bias=b, reduction="sum")
+    loss, _, dW, db = _linear.run(problem, want_grad=True, grad_output=scale, want_dx=False)
     parts = [np.array([float(loss)]), np.asarray(dW, dtype=np.float64).ravel()]
     if db is not None:
         parts.append(np.asarray(db, dtype=np.float64))

@@ -46,13 +46,22 @@ def _axes(x: np.ndarray, axis) -> Tuple[int, ...]:
 
 
 # ----------------------------------------------------------------- softmax
+def _log_sum_exp_shifted(shifted: np.ndarray, axes: Tuple[int, ...]) -> np.ndarray:
+    """log sum exp(shifted) over ``axes`` (keepdims) for shifted = x - max, as
+    log1p of the sum less one max's term exp(0) = 1: a dominating term keeps
+    the result's relative precision (log(1 + 4e-18) is not 0)."""
+    at_max = shifted == 0
+    others = np.sum(np.where(at_max, 0.0, np.exp(shifted)), axis=axes, keepdims=True)
+    return np.log1p(others + (np.sum(at_max, axis=axes, keepdims=True) - 1)).astype(shifted.dtype)
+
+
 def _lse(x: np.ndarray, axes: Tuple[int, ...], finite_shift: bool) -> np.ndarray:
     """log sum exp over ``axes`` with keepdims."""
     m = np.max(x, axis=axes, keepdims=True) if x.size else np.zeros([1] * x.ndim, x.dtype)
     if finite_shift:  # logsumexp: all -inf -> -inf, +inf -> +inf (as scipy)
         m = np.where(np.isfinite(m), m, 0)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        return m + np.log(np.sum(np.exp(x - m), axis=axes, keepdims=True))
+        return m + _log_sum_exp_shifted(x - m, axes)
 
 
 def logsumexp(x: ArrayLike, axis: Axis = -1, keepdims: bool = False) -> Any:
@@ -75,7 +84,7 @@ def log_softmax(x: ArrayLike, axis: Axis = -1) -> np.ndarray:
     m = np.max(a, axis=axes, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         shifted = a - m  # x - max - log sum exp(x - max): exact for huge max
-        return (shifted - np.log(np.sum(np.exp(shifted), axis=axes, keepdims=True))).astype(result, copy=False)
+        return (shifted - _log_sum_exp_shifted(shifted, axes)).astype(result, copy=False)
 
 
 def softmax(x: ArrayLike, axis: Axis = -1) -> np.ndarray:
@@ -96,8 +105,17 @@ def _reduce(losses: np.ndarray, reduction: str, denominator: float, dtype: np.dt
     total = np.sum(losses, dtype=np.float64)
     if reduction == "sum":
         return dtype.type(total)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return dtype.type(np.float64(total) / np.float64(denominator))
+    return dtype.type(checks.mean_of(float(total), float(denominator)))
+
+
+def _grad_rows(grad_output, reduction: str, batch_shape: tuple, denominator: float) -> np.ndarray:
+    """grad_output as one factor per row, divided by the mean's denominator."""
+    g = np.asarray(1.0 if grad_output is None else grad_output)
+    checks.compute_dtype(g.dtype, "grad_output")
+    checks.grad_output_shape(g.shape, checks.check_reduction(reduction), batch_shape,
+                             broadcast=False)
+    g = np.broadcast_to(g.astype(np.float64), batch_shape)
+    return g * checks.mean_of(1.0, denominator) if reduction == "mean" else g
 
 
 def _hard_label_terms(logp, t, keep, w, eps, smooth_c):
@@ -126,15 +144,19 @@ def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smooth
                    want_grad, grad_output=None, out=None):
     x, result = _work(logits, "logits")
     checks.last_axis_rows(x.shape, "logits")
-    reduction = checks.check_reduction(reduction)
+    reduction = checks.check_reduction(reduction).value
     eps = checks.check_label_smoothing(label_smoothing)
-    ignore_index = checks.check_ignore_index(ignore_index)
+    t = np.asarray(target)
+    hard = checks.is_class_index_target(t.dtype, t.shape, x.shape)
+    ignore_index = checks.check_ignore_index(ignore_index, class_indices=hard)
     n_classes = x.shape[-1]
     smooth_c = eps / max(n_classes, 1)  # eps/C (no classes: no smoothing terms)
-    w = checks.class_weight(weight, n_classes)
-    w = np.ones(n_classes, x.dtype) if w is None else w.astype(x.dtype)  # compute in x's dtype
-    t = np.asarray(target)
-    hard = checks.is_class_index_target(t, x.shape)
+    if weight is None:
+        w = np.ones(n_classes, x.dtype)
+    else:
+        w = np.asarray(weight)
+        checks.check_class_weight(w.dtype, w.shape, n_classes)
+        w = w.astype(x.dtype)  # compute in x's dtype
 
     logp = log_softmax(x)
     if hard:
@@ -158,22 +180,28 @@ def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smooth
     loss = _reduce(losses, reduction, denominator, result)
     if not want_grad:
         return loss
-    scale = checks.grad_row_scale(grad_output, reduction, x.shape[:-1], denominator)
+    scale = _grad_rows(grad_output, reduction, x.shape[:-1], denominator)
     grad = (grad * scale.astype(x.dtype).reshape(x.shape[:-1] + (1,))).astype(result, copy=False)
     if out is not None:
-        checks.output_array(out, x.shape, result)
+        if not isinstance(out, np.ndarray):
+            raise checks.output_kind_error("out", "a NumPy array", out)
+        checks.check_output(out.shape, out.dtype, x.shape, result)
+        if not out.flags.writeable:
+            raise checks.read_only_error("out")
         out[...] = grad
         return loss, out
     return loss, grad
 
 
 def cross_entropy(logits: ArrayLike, target: ArrayLike, *, weight: Optional[ArrayLike] = None,
-                  ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0) -> Any:
+                  ignore_index: int = checks.IGNORE_INDEX_DEFAULT, reduction: str = "mean",
+                  label_smoothing: float = 0.0) -> Any:
     return _cross_entropy(logits, target, weight, ignore_index, reduction, label_smoothing, False)
 
 
 def cross_entropy_with_grad(logits: ArrayLike, target: ArrayLike, *,
-                            weight: Optional[ArrayLike] = None, ignore_index: int = -100,
+                            weight: Optional[ArrayLike] = None,
+                            ignore_index: int = checks.IGNORE_INDEX_DEFAULT,
                             reduction: str = "mean", label_smoothing: float = 0.0,
                             grad_output: Optional[ArrayLike] = None,
                             out: Optional[np.ndarray] = None) -> Tuple[Any, np.ndarray]:
@@ -187,23 +215,25 @@ def _binary(values, target, weight, pos_weight, reduction, from_logits, want_gra
     v, result = _work(values, name)
     t, _ = _work(target, "target")
     checks.same_shape(v.shape, t.shape, (name, "target"))
-    reduction = checks.check_reduction(reduction)
+    reduction = checks.check_reduction(reduction).value
     t = t.astype(v.dtype, copy=False)
     w = 1.0 if weight is None else np.broadcast_to(_work(weight, "weight")[0].astype(v.dtype), v.shape)
     if from_logits:
         pw = 1.0 if pos_weight is None else np.broadcast_to(_work(pos_weight, "pos_weight")[0].astype(v.dtype), v.shape)
-        log_weight = 1 + (pw - 1) * t
         with np.errstate(over="ignore", invalid="ignore"):
-            losses = w * ((1 - t) * v + log_weight * (np.log1p(np.exp(-np.abs(v))) + np.maximum(-v, 0)))
+            # (1 - t) softplus(x) + pw t softplus(-x): terms >= 0, no cancellation
+            log1p_e = np.log1p(np.exp(-np.abs(v)))
+            losses = w * ((1 - t) * (log1p_e + np.maximum(v, 0)) + pw * t * (log1p_e + np.maximum(-v, 0)))
             sig = np.where(v >= 0, 1 / (1 + np.exp(-np.abs(v))), np.exp(-np.abs(v)) / (1 + np.exp(-np.abs(v))))
-            grad = w * (sig * log_weight - pw * t)
+            sig_neg = np.where(v < 0, 1 / (1 + np.exp(-np.abs(v))), np.exp(-np.abs(v)) / (1 + np.exp(-np.abs(v))))
+            grad = w * ((1 - t) * sig - pw * t * sig_neg)
     else:
         bad = (v < 0) | (v > 1)
         if bad.any():
             where = np.unravel_index(int(np.flatnonzero(bad.reshape(-1))[0]), v.shape)
             raise ValueError(f"probs must be in [0, 1]; found {v[where]!r} at index {where}")
         with np.errstate(divide="ignore", invalid="ignore"):
-            losses = -w * (t * np.maximum(np.log(v), -100) + (1 - t) * np.maximum(np.log(1 - v), -100))
+            losses = -w * (t * np.maximum(np.log(v), -100) + (1 - t) * np.maximum(np.log1p(-v), -100))
             grad = w * (v - t) / np.maximum(v * (1 - v), float(np.float32(1e-12)))  # PyTorch's float32 epsilon
     losses = np.broadcast_to(losses, v.shape)
     loss = _reduce(losses, reduction, v.size, result)
@@ -214,7 +244,7 @@ def _binary(values, target, weight, pos_weight, reduction, from_logits, want_gra
         raise ValueError(f"grad_output for reduction={reduction!r} must be a scalar, got shape {np.shape(g)}")
     g = np.broadcast_to(g, v.shape)  # "none": anything that broadcasts, like weight (else ValueError)
     if reduction == "mean":
-        g = g / v.size if v.size else np.nan
+        g = g * checks.mean_of(1.0, v.size)
     return loss, np.broadcast_to(grad * g, v.shape).astype(result)
 
 
@@ -271,13 +301,16 @@ def _divergence(p, q, axis, kl):
     a, b, result = _pair(p, q)
     axes = _axes(a, axis)
     with np.errstate(divide="ignore", invalid="ignore"):
-        if kl:  # scipy.special.rel_entr
-            terms = np.where((a > 0) & (b > 0), a * np.log(a / b),
+        if kl:  # scipy.special.rel_entr; log p - log q where p/q over- or underflows
+            ratio = a / b
+            in_range = (ratio < np.inf) & (ratio >= np.finfo(ratio.dtype).tiny)
+            log_ratio = np.where(in_range, np.log(ratio), np.log(a) - np.log(b))
+            terms = np.where((a > 0) & (b > 0), a * log_ratio,
                              np.where((a == 0) & (b >= 0), 0.0, np.inf))
         else:  # -scipy.special.xlogy(p, q)
             terms = np.where(a == 0, 0.0, -a * np.log(b))
         terms = np.where(np.isnan(a) | np.isnan(b), np.nan, terms)
-        grad = np.where(a == 0, 0.0, -a / b)
+        grad = np.where(a == 0, 0.0, -a / np.where(b == 0, 0.0, b))  # q = -0.0 counts as 0
     return _result(np.sum(terms, axis=axes), result), grad.astype(result)
 
 
@@ -322,7 +355,7 @@ def _linear_operands(x, W, bias):
 
 def linear_cross_entropy_with_grad(x: ArrayLike, W: ArrayLike, target: ArrayLike, *,
                                    bias: Optional[ArrayLike] = None, l2: float = 0.0,
-                                   weight: Optional[ArrayLike] = None, ignore_index: int = -100,
+                                   weight: Optional[ArrayLike] = None, ignore_index: int = checks.IGNORE_INDEX_DEFAULT,
                                    reduction: str = "mean", label_smoothing: float = 0.0,
                                    grad_output=None, chunk_size: Optional[int] = None):
     """Full logits f = x Wᵀ + b, then cross-entropy; (loss, (dx, dW, dbias)).
@@ -347,7 +380,7 @@ def linear_cross_entropy_with_grad(x: ArrayLike, W: ArrayLike, target: ArrayLike
 
 def linear_cross_entropy(x: ArrayLike, W: ArrayLike, target: ArrayLike, *,
                          bias: Optional[ArrayLike] = None, l2: float = 0.0,
-                         weight: Optional[ArrayLike] = None, ignore_index: int = -100,
+                         weight: Optional[ArrayLike] = None, ignore_index: int = checks.IGNORE_INDEX_DEFAULT,
                          reduction: str = "mean", label_smoothing: float = 0.0,
                          chunk_size: Optional[int] = None):
     return linear_cross_entropy_with_grad(x, W, target, bias=bias, l2=l2, weight=weight,

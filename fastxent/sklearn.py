@@ -1,7 +1,7 @@
 """``SoftmaxRegression``: a scikit-learn classifier over the fused linear
 cross-entropy.
 
-It minimises exactly seed 000's objective
+It minimises exactly the objective
 
     J(W, b) = Σₙ sₙ Lₙ + (l2/2) ‖W‖²,   Lₙ = log Σ_c exp f_cn − f_yn,  f = W x + b
 
@@ -52,7 +52,7 @@ except ImportError:  # pragma: no cover
 
 from fastxent import _linear
 from fastxent._api import log_softmax, softmax
-from fastxent._backend import is_dask_array as _is_dask
+from fastxent._backend import _is_dask_collection as _is_dask
 
 __all__ = ["SoftmaxRegression"]
 
@@ -129,9 +129,9 @@ class _Objective:
         self.M, self.M_inverse_T = _whitening(X, s, self.mu, self.weight_total, l2, n_classes)
         # the linear cross-entropy problem: validated once, W and b swapped in per call
         bias = np.zeros(n_classes) if fit_intercept else None
-        self.problem = _linear._prepare(X, np.zeros((n_classes, d)), y_index, bias,
-                                        0.0 if weighted else l2, None,
-                                        -100, "none" if weighted else "sum", 0.0, None)
+        self.problem = _linear.LinearProblem.from_arguments(
+            X, np.zeros((n_classes, d)), y_index, bias=bias, l2=0.0 if weighted else l2,
+            reduction="none" if weighted else "sum")
         self.row_scale = s / self.weight_total if weighted else None
         self.sample_weight = s if weighted else None
         self.n_evaluations = 0
@@ -160,8 +160,8 @@ class _Objective:
     def objective(self, W, b):
         """J(W, b) itself (not divided by Σs)."""
         p = self.problem
-        p.W, p.bias = np.ascontiguousarray(W, dtype=np.float64), b
-        value = _linear._run(p, want_grad=False)[0]
+        p.set_parameters(W, b)
+        value = _linear.run(p, want_grad=False)[0]
         if self.sample_weight is not None:
             value = float(self.sample_weight @ value) + 0.5 * self.l2 * float(np.sum(W * W))
         return float(value)
@@ -184,15 +184,16 @@ class _Objective:
     def data_terms(self, W, b):
         """(J / Σs, ∂(J / Σs)/∂W, ∂(J / Σs)/∂b) at (W, b): one pass over the data."""
         p = self.problem
-        p.W, p.bias = W, b
+        p.set_parameters(W, b)
         if self.sample_weight is None:
             # reduction="sum" with the penalty: J; gradient scaled by 1/Σs
-            loss, _, dW, db = _linear._run(p, True, grad_output=1.0 / self.weight_total,
-                                           want_dx=False)
+            loss, _, dW, db = _linear.run(p, want_grad=True, grad_output=1.0 / self.weight_total,
+                                          want_dx=False)
             value = float(loss) / self.weight_total
         else:
             # per-row losses, gradient of Σ (sₙ/Σs) Lₙ; the penalty added here
-            losses, _, dW, db = _linear._run(p, True, grad_output=self.row_scale, want_dx=False)
+            losses, _, dW, db = _linear.run(p, want_grad=True, grad_output=self.row_scale,
+                                            want_dx=False)
             value = float(self.row_scale @ losses)
             value += 0.5 * self.l2 * float(np.sum(W * W)) / self.weight_total
             dW += (self.l2 / self.weight_total) * W
@@ -203,7 +204,7 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
     """Multinomial logistic (softmax) regression with an L2 penalty, fitted by
     L-BFGS over fastxent's fused linear cross-entropy.
 
-    Minimises Σₙ sₙ Lₙ + (l2/2)‖W‖² (seed 000's objective; the intercept is
+    Minimises Σₙ sₙ Lₙ + (l2/2)‖W‖² (the intercept is
     not penalised), the objective of ``LogisticRegression(C=1/l2)``.  Binary
     problems are fitted as two-class softmax (``coef_`` has two rows).
 

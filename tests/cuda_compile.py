@@ -1,18 +1,24 @@
 """Compile every fastxent CUDA kernel to PTX (and, with ptxas, to SASS) for a
 real GPU architecture, without a GPU: a check of what the simulator cannot
-see (typing in the CUDA target, float16 casts, warp shuffles, register use).
+see (typing in the CUDA target, float16 casts, warp shuffles, register use,
+the shape of the element loops).
 
-Needs numba-cuda with NVVM (``pip install 'numba-cuda[cu12]'``), no driver:
+Needs numba-cuda with NVVM and NVRTC (``pip install 'fastxent[cuda-compile]'``),
+no driver; ``--sass`` also needs ``nvdisasm`` (on the PATH, in CUDA_HOME/bin,
+or from the ``nvidia-cuda-nvdisasm`` wheel):
 
-    python tests/cuda_compile.py [--cc 9.0] [--ptxas] [--dump DIR]
+    python tests/cuda_compile.py [--cc 9.0] [--ptxas] [--sass] [--dump DIR] [--json FILE]
 
-Prints one line per kernel specialisation (PTX size, float64 instructions in
-it, registers and spills when --ptxas finds ptxas) and exits non-zero if any
-fails to compile.
+Prints one line per kernel specialisation (PTX size, float64 operands,
+registers and spills when ptxas is found, and with --sass the figures of
+the element loops, see ``tests/sass.py``) and exits non-zero if any fails
+to compile.  ``tests/test_cuda_compile.py`` runs the same compilation in
+the test suite and holds the figures against ``tests/cuda_budgets.json``.
 """
 
 import argparse
 import glob
+import json
 import os
 import re
 import shutil
@@ -20,24 +26,33 @@ import subprocess
 import sys
 import tempfile
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def main(argv=None):
-    # before numba is imported: no simulator, and no GPU needed
+def find_tool(name):
+    """A CUDA tool (ptxas, nvdisasm): the PATH, CUDA_HOME/bin, or an nvidia wheel."""
+    found = shutil.which(name)
+    if found:
+        return found
+    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if home and os.path.exists(os.path.join(home, "bin", name)):
+            return os.path.join(home, "bin", name)
+    site = os.path.join(os.path.dirname(sys.executable), "..", "lib", "python*", "site-packages",
+                        "nvidia")
+    for pattern in ("cu13", "cu12", "cuda_nvcc", "cuda_nvdisasm", "*"):
+        hits = glob.glob(os.path.join(site, pattern, "bin", name))
+        if hits:
+            return hits[0]
+    return None
+
+
+def prepare(cc):
+    """Make numba.cuda compile for ``cc`` without a GPU (call before numba is
+    imported), and return the kernel jobs: (name, dispatcher, signature, itemsize)."""
     os.environ["FASTXENT_CUDA_COMPILE_ONLY"] = "1"
     os.environ.pop("NUMBA_ENABLE_CUDASIM", None)
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cc", default="9.0", help="compute capability, e.g. 9.0 (H100/H200)")
-    parser.add_argument("--ptxas", action="store_true", help="assemble with ptxas -v (registers, spills)")
-    parser.add_argument("--dump", help="write the PTX files to this folder")
-    parser.add_argument("--maxrregcount", type=int, default=None,
-                        help="ptxas register limit (default: the kernel's max_registers)")
-    args = parser.parse_args(argv)
-    cc = tuple(int(v) for v in args.cc.split("."))
-
-    from numba import cuda
-
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
     try:
         import numba.cuda.dispatcher as dispatcher
     except ImportError:  # pragma: no cover
@@ -48,6 +63,10 @@ def main(argv=None):
 
     if dispatcher is not None and hasattr(dispatcher, "get_current_device"):
         dispatcher.get_current_device = lambda: _Device()
+    return _jobs()
+
+
+def _jobs():
     try:
         from numba.cuda import types
     except ImportError:  # the CUDA target built into numba
@@ -63,12 +82,13 @@ def main(argv=None):
     jobs = []
     for f in (types.float32, types.float64):
         tag = str(f)
+        size = f.bitwidth // 8
         m2, v1 = arr(f, 2), arr(f, 1)
         jobs.append((f"softmax_rows[{tag}]", softmax.softmax_rows,
-                     (m2, m2, i64, i64, b)))
+                     (m2, m2, i64, i64, b), size))
         for w in (none, v1):
             jobs.append((f"scan_labels[{tag}, weight={w}]", xent.scan_labels,
-                         (arr(i64), i64, i64, w, arr(i64), arr(f64), arr(f64), b)))
+                         (arr(i64), i64, i64, w, arr(i64), arr(f64), arr(f64), b), 8))
         for w, grow, den, losses, result, grad in (
                 (none, none, arr(f64), none, v1, m2),       # mean, fused gradient
                 (none, none, arr(f64), v1, none, none),     # none, forward
@@ -77,61 +97,148 @@ def main(argv=None):
             jobs.append((f"xent_hard_rows[{tag}, w={w}, grad={grad}, losses={losses}]",
                          xent.xent_hard_rows,
                          (m2, arr(i64), w, f64, i64, f64, f64, grow, i64, b, den, losses, result,
-                          arr(f64), arr(i64), grad, i64, b)))
+                          arr(f64), arr(i64), grad, i64, b), size))
         for w, grad, losses, result in ((none, m2, none, v1), (v1, none, v1, none)):
             jobs.append((f"xent_soft_rows[{tag}, w={w}, grad={grad}]", xent.xent_soft_rows,
                          (m2, m2, w, f64, f64, none, i64, b, f64, losses, result, arr(f64),
-                          arr(i64), grad, i64, b)))
+                          arr(i64), grad, i64, b), size))
         for name, kernel in (("bce_probs", binary.bce_probs_flat), ("bce_logits", binary.bce_logits_flat)):
             for w, losses, grad, result in ((none, none, v1, v1), (arr(f64), v1, none, none)):
                 jobs.append((f"{name}[{tag}, w={w}, grad={grad}]", kernel,
-                             (v1, v1, w, w, w, f64, losses, grad, arr(f64), arr(i64), result, f64, b)))
+                             (v1, v1, w, w, w, f64, losses, grad, arr(f64), arr(i64), result, f64, b),
+                             size))
         for grad in (none, m2):
             jobs.append((f"divergence_rows[{tag}, grad={grad}]", divergence.divergence_rows,
-                         (m2, m2, i64, m2, grad, i64, b)))
+                         (m2, m2, i64, m2, grad, i64, b), size))
     for src, dst, nd in ((types.float16, types.float32, 2), (types.float32, types.float16, 1),
                          (types.int64, types.float64, 3), (types.boolean, types.float64, 1)):
         jobs.append((f"_gather[{src}->{dst}, ndim={nd}]", _arrays._gather,
-                     (arr(src), i64, types.UniTuple(i64, nd), types.UniTuple(i64, nd), arr(dst))))
+                     (arr(src), i64, types.UniTuple(i64, nd), types.UniTuple(i64, nd), arr(dst)), 4))
         jobs.append((f"_scatter[{src}->{dst}, ndim={nd}]", _arrays._scatter,
-                     (arr(src), arr(dst), i64, types.UniTuple(i64, nd), types.UniTuple(i64, nd))))
+                     (arr(src), arr(dst), i64, types.UniTuple(i64, nd), types.UniTuple(i64, nd)), 4))
+    return jobs
 
-    ptxas = shutil.which("ptxas") or next(iter(glob.glob(os.path.join(
-        os.path.dirname(sys.executable), "..", "lib", "python*", "site-packages", "nvidia",
-        "cuda_nvcc", "bin", "ptxas"))), None)
-    failures = 0
-    for name, kernel, sig in jobs:
-        try:
-            ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=cc)
-        except Exception as exc:  # noqa: BLE001 - report every failure
-            failures += 1
-            print(f"FAIL {name}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
-            if os.environ.get("FASTXENT_COMPILE_TRACEBACK"):
-                raise
-            continue
-        f64_ops = len(re.findall(r"\.f64\b", ptx))
-        line = f"ok   {name}: {len(ptx)} chars of PTX, {f64_ops} f64 operands"
-        if args.dump:
-            os.makedirs(args.dump, exist_ok=True)
-            with open(os.path.join(args.dump, re.sub(r"[^\w.-]+", "_", name) + ".ptx"), "w") as fh:
-                fh.write(ptx)
-        if args.ptxas and ptxas:
-            with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as fh:
-                fh.write(ptx)
-            limit = args.maxrregcount or getattr(kernel, "targetoptions", {}).get("max_registers")
-            extra = [f"-maxrregcount={limit}"] if limit else []
-            out = subprocess.run([ptxas, "-v", f"-arch=sm_{cc[0]}{cc[1]}", *extra, fh.name, "-o", os.devnull],
-                                 capture_output=True, text=True)
-            os.unlink(fh.name)
-            regs = re.findall(r"Used (\d+) registers", out.stderr)
-            spill = re.findall(r"(\d+) bytes spill stores", out.stderr)
-            smem = re.findall(r"(\d+) bytes smem", out.stderr)
-            line += f"; ptxas: {regs[-1] if regs else '?'} registers, {spill[-1] if spill else '?'} spill bytes, {smem[-1] if smem else '?'} B smem"
-            if out.returncode:
-                failures += 1
-                line += f"; ptxas FAILED: {out.stderr.strip()[:200]}"
-        print(line)
+
+def compile_job(job, cc, ptxas=None, nvdisasm=None, maxrregcount=None, dump=None):
+    """Compile one job; returns a dict of its figures (``error`` on failure)."""
+    from numba import cuda
+
+    name, kernel, sig, itemsize = job
+    result = {"name": name}
+    try:
+        ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=cc, lineinfo=bool(nvdisasm))
+    except Exception as exc:  # noqa: BLE001 - report every failure
+        if os.environ.get("FASTXENT_COMPILE_TRACEBACK"):
+            raise
+        result["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        return result
+    result["ptx_chars"] = len(ptx)
+    result["f64_operands"] = len(re.findall(r"\.f64\b", ptx))
+    stem = re.sub(r"[^\w.-]+", "_", name)
+    if dump:
+        os.makedirs(dump, exist_ok=True)
+        with open(os.path.join(dump, stem + ".ptx"), "w") as fh:
+            fh.write(ptx)
+    if not ptxas:
+        return result
+    limit = maxrregcount or getattr(kernel, "targetoptions", {}).get("max_registers")
+    result["max_registers"] = limit
+    with tempfile.TemporaryDirectory() as tmp:
+        ptx_path = os.path.join(tmp, "k.ptx")
+        cubin = os.path.join(tmp, "k.cubin")
+        with open(ptx_path, "w") as fh:
+            fh.write(ptx)
+        extra = [f"-maxrregcount={limit}"] if limit else []
+        if nvdisasm:
+            extra.append("-lineinfo")
+        out = subprocess.run([ptxas, "-v", f"-arch=sm_{cc[0]}{cc[1]}", *extra, ptx_path, "-o", cubin],
+                             capture_output=True, text=True)
+        if out.returncode:
+            result["error"] = f"ptxas failed: {out.stderr.strip()[:300]}"
+            return result
+        regs = re.findall(r"Used (\d+) registers", out.stderr)
+        spill = re.findall(r"(\d+) bytes spill stores", out.stderr)
+        stack = re.findall(r"(\d+) bytes stack frame", out.stderr)
+        result["registers"] = int(regs[-1]) if regs else None
+        result["spill_bytes"] = int(spill[-1]) if spill else None
+        result["stack_bytes"] = int(stack[-1]) if stack else None
+        if nvdisasm:
+            listing = subprocess.run([nvdisasm, "-c", "-g", cubin], capture_output=True, text=True,
+                                     check=True).stdout
+            if dump:
+                with open(os.path.join(dump, stem + ".sass"), "w") as fh:
+                    fh.write(listing)
+            from tests import sass
+
+            result["sass"] = sass.summarize(listing, itemsize)
+    return result
+
+
+def _line(result):
+    if "error" in result:
+        return f"FAIL {result['name']}: {result['error']}"
+    line = f"ok   {result['name']}: {result['ptx_chars']} chars of PTX, {result['f64_operands']} f64 operands"
+    if "registers" in result:
+        line += (f"; {result['registers']} registers (limit {result['max_registers']}), "
+                 f"{result['spill_bytes']} spill bytes, {result['stack_bytes']} stack bytes")
+    figures = result.get("sass")
+    if figures:
+        for name, paths in sorted(figures["passes"].items()):
+            for path, f in sorted(paths.items()):
+                line += (f"\n       {name} {path}: {f['per_element']} SASS/element, "
+                         f"{f['in_flight']} loads in flight, {f['load_width']}-bit loads"
+                         + (f", {f['store_width']}-bit stores" if f["store_width"] else ""))
+        if figures["loop_spills"]:
+            line += f"\n       {figures['loop_spills']} local-memory accesses in element loops"
+    return line
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cc", default="9.0", help="compute capability, e.g. 9.0 (H100/H200)")
+    parser.add_argument("--ptxas", action="store_true", help="assemble with ptxas -v (registers, spills)")
+    parser.add_argument("--sass", action="store_true", help="also disassemble and read the element loops")
+    parser.add_argument("--dump", help="write the PTX (and SASS) files to this folder")
+    parser.add_argument("--json", help="write the figures to this file")
+    parser.add_argument("--only", action="append",
+                        help="compile only kernels whose name contains this (repeatable)")
+    parser.add_argument("--require-sass", action="store_true",
+                        help="exit with status 3 if NVVM/NVRTC, ptxas or nvdisasm is missing")
+    parser.add_argument("--maxrregcount", type=int, default=None,
+                        help="ptxas register limit (default: the kernel's max_registers)")
+    args = parser.parse_args(argv)
+    cc = tuple(int(v) for v in args.cc.split("."))
+    try:
+        jobs = prepare(cc)
+    except ImportError as exc:
+        print(f"toolchain unavailable: numba.cuda cannot be imported ({exc})")
+        return 3
+    if args.only:
+        jobs = [job for job in jobs if any(part in job[0] for part in args.only)]
+    ptxas = find_tool("ptxas") if (args.ptxas or args.sass) else None
+    nvdisasm = find_tool("nvdisasm") if args.sass else None
+    if (args.ptxas or args.sass) and not ptxas:
+        print("ptxas not found: PTX only")
+    if args.sass and not nvdisasm:
+        print("nvdisasm not found: no SASS figures")
+    if args.require_sass and not (ptxas and nvdisasm):
+        print("toolchain unavailable: ptxas or nvdisasm not found")
+        return 3
+    results = []
+    for job in jobs:
+        result = compile_job(job, cc, ptxas, nvdisasm, args.maxrregcount, args.dump)
+        if args.require_sass and not results and "error" in result and any(
+                word in result["error"] for word in ("DynamicLibNotFound", "NVVM", "Nvvm", "nvrtc",
+                                                     "NVRTC", "libdevice")):
+            print(f"toolchain unavailable: {result['error']}")
+            return 3
+        results.append(result)
+        print(_line(result))
+    failures = sum("error" in r for r in results)
     print(f"{len(jobs) - failures} compiled, {failures} failed")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(results, fh, indent=1)
     return 1 if failures else 0
 
 

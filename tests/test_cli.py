@@ -17,10 +17,15 @@ def test_bench_table_and_json(tmp_path, capsys):
     assert bench.main(["--functions", "cross_entropy", "logsumexp", "--shapes", "64x10",
                        "--rounds", "1", "--no-peers", "--json", str(out), "--markdown", str(md)]) == 0
     table = md.read_text().splitlines()
-    assert table[0].startswith("| function |") and len(table) == 4
+    assert table[0].startswith("| function |") and len(table) == 6
+    assert table[-1].startswith("Measured on: ") and "LLVM" in table[-1]
     printed = capsys.readouterr()
     assert "cross_entropy" in printed.out and "x vs numpy" in printed.out
     assert "[  1/2]" in printed.err  # progress
+    assert "threads: numba" in printed.out.splitlines()[0]
+    info = json.loads(out.read_text())["machine"]
+    assert info["llvm_cpu"] and info["threads"]["numba"] >= 1
+    assert info["avx2"] == ("AVX2" in info["isa"]) and isinstance(info["avx512"], bool)
     cells = json.loads(out.read_text())["cells"]
     assert {c["function"] for c in cells} == {"cross_entropy", "logsumexp"}
     assert all(c["seconds"]["fastxent"] > 0 and c["seconds"]["numpy"] > 0 for c in cells)

@@ -9,7 +9,7 @@ run several blocks (the last-block reductions).  On a machine with a GPU the
 same tests run on it.
 
 Inputs are Numba device arrays (``cuda.to_device``); the public ``fastxent``
-functions route them to ``fastxent.cuda.api``.  PyTorch's wrapping is tested
+functions route them to ``fastxent.cuda.backend``.  PyTorch's wrapping is tested
 with a CPU tensor that exposes ``__cuda_array_interface__`` (the simulator's
 device memory is host memory), CuPy's only where CuPy and a GPU exist.
 """
@@ -27,7 +27,7 @@ except ImportError as exc:  # no numba.cuda, or no GPU without the simulator
 import fastxent as fx
 from fastxent import reference as ref
 from fastxent.cuda import _arrays, _config
-from fastxent.cuda import api as cuda_api
+from fastxent._backend import backend_of, is_cuda_array
 
 from tests.conftest import as64, assert_close
 
@@ -52,7 +52,7 @@ def check(got, expected, rtol=RTOL, atol=ATOL):
         for g, e in zip(got, expected):
             check(g, e, rtol, atol)
         return
-    assert _arrays.is_device(got), type(got)
+    assert is_cuda_array(got), type(got)
     g = host(got)
     e = np.asarray(expected)
     assert g.dtype == e.dtype, (g.dtype, e.dtype)
@@ -326,7 +326,8 @@ def test_grid_stride_and_last_block(rng, monkeypatch):
 
 def test_direct_api_and_dispatch(rng):
     x = rng.normal(size=(3, 4))
-    check(cuda_api.log_softmax(dev(x)), ref.log_softmax(x))
+    assert backend_of(dev(x)).name == "cuda" and backend_of(x).name == "cpu"
+    check(fx.log_softmax(dev(x)), ref.log_softmax(x))
     assert isinstance(fx.softmax(x), np.ndarray)  # host arrays stay on the CPU
 
 
@@ -473,3 +474,115 @@ def test_cupy_arrays(rng):
     check_pairs = ref.cross_entropy_with_grad(x, y)
     assert_close(cupy.asnumpy(loss), check_pairs[0], RTOL)
     assert_close(cupy.asnumpy(grad), check_pairs[1], RTOL, ATOL)
+
+
+# ------------------------------------------- row passes: vector and scalar paths
+@pytest.mark.parametrize("vector", [True, False])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_row_paths_head_body_tail(rng, monkeypatch, vector, dtype):
+    """Rows of odd length start at every offset from a 16-byte boundary, so
+    the vector path meets every head/tail split (and rows of a few chunks
+    per thread meet the masked last batch); the scalar path covers the rest.
+    Nasty values sit in the head, body and tail."""
+    monkeypatch.setattr(_config, "VECTOR_ACCESS", vector)
+    for n_classes in (67, 9, 130):
+        x = rng.normal(size=(5, n_classes)) * 3
+        x[1, 0], x[1, -1], x[2, n_classes // 2] = 40.0, -math.inf, 1e30
+        x[3, :] = -math.inf
+        x[4, 2] = math.inf
+        xd = x.astype(dtype)
+        y = rng.integers(0, n_classes, size=5)
+        y[0], y[1] = 0, n_classes - 1
+        tol = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=RTOL, atol=ATOL)
+        x64 = xd.astype(np.float64)
+        for name in ("logsumexp", "softmax", "log_softmax"):
+            got = host(getattr(fx, name)(dev(xd)))
+            assert_close(got, getattr(ref, name)(x64).astype(dtype), **tol)
+        loss, grad = fx.cross_entropy_with_grad(dev(xd), dev(y), reduction="none", label_smoothing=0.1)
+        rl, rg = ref.cross_entropy_with_grad(x64, y, reduction="none", label_smoothing=0.1)
+        assert_close(host(loss), rl.astype(dtype), **tol)
+        assert_close(host(grad), rg.astype(dtype), **tol)
+
+
+def test_in_place_gradient_on_both_paths(rng, monkeypatch):
+    """out=logits (vector path: same alignment) and an out at another
+    offset from a 16-byte boundary (scalar path), both poisoned first."""
+    x = rng.normal(size=(6, 70)).astype(np.float32)
+    y = rng.integers(0, 70, size=6)
+    rl, rg = ref.cross_entropy_with_grad(x.astype(np.float64), y)
+    d = dev(x)
+    fx.cross_entropy_with_grad(d, dev(y), out=d)
+    assert_close(host(d), rg.astype(np.float32), 1e-5, 1e-7)
+    big = dev(np.full(6 * 70 + 1, np.nan, dtype=np.float32))
+    shifted = big[1:].reshape(6, 70)  # 4 bytes off: the scalar path
+    fx.cross_entropy_with_grad(dev(x), dev(y), out=shifted)
+    assert_close(host(shifted), rg.astype(np.float32), 1e-5, 1e-7)
+    assert np.isnan(host(big)[0])
+
+
+def test_block_checks_for_shuffles(monkeypatch):
+    """Warp shuffles need whole warps: other geometries are refused."""
+    monkeypatch.setattr(_config, "USE_SHUFFLE", True)
+    monkeypatch.setattr(_config, "BLOCK", 48)
+    with pytest.raises(ValueError, match="whole warps"):
+        _config.row_launch(100, 5)
+    monkeypatch.setattr(_config, "BLOCK", 64)
+    _config.row_launch(100, 5)
+    monkeypatch.setattr(_config, "ELEMENTWISE_BLOCK", 80)
+    with pytest.raises(ValueError, match="whole warps"):
+        _config.elementwise_launch(1000)
+    monkeypatch.setattr(_config, "USE_SHUFFLE", False)
+    _config.elementwise_launch(1000)
+
+
+def test_status_tickets_reset(rng):
+    """The last block resets its ticket, so a status array can be reused."""
+    from fastxent.cuda import _rows
+
+    x = rng.normal(size=(70, 3))
+    y = rng.integers(0, 3, size=70)
+    call = _arrays.Call(dev(x))
+    status = call.status(70)
+    partials = call.empty((64,), np.float64)
+    labels = dev(y)
+    den = _numba_cuda.cuda.to_device(np.zeros(1))
+    from fastxent.cuda import xent
+
+    for _ in range(2):
+        blocks, threads = _config.elementwise_launch(70)
+        xent.scan_labels[blocks, threads](labels, np.int64(3), np.int64(-100), None, status.dev,
+                                          partials.dev, den, False)
+        assert host(status.dev)[_rows.TICKET_A] == 0
+        assert host(den)[0] == 70
+
+
+def test_stream_handle_zero_is_the_legacy_stream(monkeypatch):
+    """PyTorch's and CuPy's default stream (handle 0) is the legacy default
+    stream, also when Numba uses per-thread default streams."""
+    legacy, per_thread = object(), object()
+    monkeypatch.setattr(_arrays, "legacy_default_stream", lambda: legacy)
+    monkeypatch.setattr(_arrays, "per_thread_default_stream", lambda: per_thread)
+    assert _arrays._stream_from_pointer(0) is legacy
+    assert _arrays._stream_from_pointer(1) is legacy
+    assert _arrays._stream_from_pointer(2) is per_thread
+
+
+def test_launch_selects_the_arrays_device(rng, monkeypatch):
+    """A launch makes the arrays' GPU current (simulated here: device 0)."""
+    entered = []
+
+    class Recorder(_arrays.on_device):
+        def __enter__(self):
+            entered.append(self.device_id)
+            return self
+
+    call = _arrays.Call(dev(rng.normal(size=(3, 4))))
+    monkeypatch.setattr(_arrays, "on_device", Recorder)
+    call.device_id = 0
+    x = dev(rng.normal(size=(3, 4)))
+    out = dev(np.zeros((3, 1)))
+    from fastxent.cuda import softmax as softmax_kernels
+
+    call.launch(softmax_kernels.softmax_rows, 1, 32)(x, out, softmax_kernels.LOGSUMEXP, 8, False)
+    assert entered == [0]
+    assert_close(host(out)[:, 0], ref.logsumexp(host(x)), RTOL)

@@ -1,6 +1,11 @@
-"""Tuning thresholds, in one place (measured on a 2-core AVX2 machine; see
+"""Tuning thresholds and the target machine, in one place (see
 docs/performance.md).  Plain module attributes: tests and benchmarks may
-monkeypatch them."""
+monkeypatch the thresholds."""
+
+from __future__ import annotations
+
+import os
+from typing import FrozenSet, Optional, Tuple
 
 # Below this many elements (rows x classes) a kernel runs single-threaded:
 # waking the thread pool costs more than the work (a (64, 10) call must stay
@@ -16,3 +21,44 @@ TASK_ELEMENTS = 1 << 14
 def rows_per_task(n_classes: int) -> int:
     """Rows handled by one parallel task for rows of ``n_classes`` elements."""
     return max(1, TASK_ELEMENTS // max(n_classes, 1))
+
+
+# AVX-512 subsets the kernels' 512-bit code uses (float32/float64 arithmetic,
+# masks, 32/64-bit integer lanes for the exponent bits).
+AVX512_FEATURES = frozenset({"avx512f", "avx512dq", "avx512bw", "avx512vl"})
+
+# FASTXENT_VECTOR_WIDTH: "auto" (default), "llvm" (LLVM's per-CPU default),
+# or a width in bits (128, 256, 512).
+VECTOR_WIDTH_VARIABLE = "FASTXENT_VECTOR_WIDTH"
+
+
+def target_cpu() -> Tuple[str, FrozenSet[str]]:
+    """(CPU name, enabled feature flags) that Numba compiles for, in LLVM's
+    names (e.g. ``"znver5"``, ``{"avx2", "avx512f", ...}``): the host's,
+    unless NUMBA_CPU_NAME / NUMBA_CPU_FEATURES say otherwise."""
+    import numba
+    from llvmlite import binding as llvm
+    from numba.core.codegen import get_host_cpu_features
+
+    name = numba.config.CPU_NAME or llvm.get_host_cpu_name()
+    features = numba.config.CPU_FEATURES
+    if features is None:
+        features = get_host_cpu_features()
+    enabled = frozenset(f[1:] for f in features.split(",") if f.startswith("+"))
+    return name, enabled
+
+
+def vector_width() -> Optional[int]:
+    """Preferred vector width in bits for the kernels, or None for LLVM's
+    own per-CPU choice.  ``auto``: 512 wherever the target CPU has AVX-512
+    (LLVM prefers 256 bits on Intel server targets, 512 on AMD Zen 4/5), else
+    LLVM's choice (256 with AVX2).  Measured in docs/performance.md."""
+    setting = os.environ.get(VECTOR_WIDTH_VARIABLE, "auto").strip().lower()
+    if setting == "llvm":
+        return None
+    if setting in ("128", "256", "512"):
+        return int(setting)
+    if setting not in ("", "auto"):
+        raise ValueError(f"{VECTOR_WIDTH_VARIABLE}={setting!r}: expected auto, llvm, 128, 256 or 512")
+    _, features = target_cpu()
+    return 512 if AVX512_FEATURES <= features else None

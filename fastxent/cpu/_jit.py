@@ -22,8 +22,10 @@ from contextlib import nullcontext
 from typing import Any, Callable
 
 import numba
+from llvmlite import binding as llvm
+from llvmlite import ir as llvm_ir
 from numba import njit
-from numba.core import caching
+from numba.core import caching, codegen
 
 from fastxent.cpu import _config
 from fastxent.cpu._fastmath import FASTMATH
@@ -68,20 +70,23 @@ def _parallel_guard():
 # sources instead.  Cache files are written atomically by Numba (temp file +
 # rename), so several processes starting at once are safe.
 _CPU_DIR = pathlib.Path(__file__).resolve().parent  # fastxent/cpu, this file included
+_PACKAGE_DIR = _CPU_DIR.parent  # kernels elsewhere in fastxent (tools/bench.py's floors) too
 _SOURCES = sorted(_CPU_DIR.glob("*.py"))
-_PACKAGE_STAMP = hashlib.sha256(b"".join(p.read_bytes() for p in _SOURCES)).hexdigest()
+_PACKAGE_STAMP = hashlib.sha256(b"".join(p.read_bytes() for p in _SOURCES)
+                                + repr(_config.vector_width()).encode()).hexdigest()
 
 
 def _package_locator(base: type) -> type:
     class PackageStampLocator(base):
         @classmethod
         def from_function(cls, py_func, py_file):
-            if not str(pathlib.Path(py_file).resolve()).startswith(str(_CPU_DIR)):
+            if not str(pathlib.Path(py_file).resolve()).startswith(str(_PACKAGE_DIR)):
                 return None
             return super().from_function(py_func, py_file)
 
         def get_source_stamp(self):
-            return _PACKAGE_STAMP
+            own = os.stat(self._py_file)  # a kernel outside cpu/: its own file too
+            return _PACKAGE_STAMP, own.st_mtime, own.st_size
 
     PackageStampLocator.__name__ = "Fastxent" + base.__name__.lstrip("_")
     return PackageStampLocator
@@ -97,6 +102,101 @@ def _install_cache_locators() -> None:
 
 
 _install_cache_locators()
+
+
+# ------------------------------------------------------------ code generation
+# Two adjustments to how Numba builds the LLVM modules of fastxent's
+# functions, both scoped to modules that define or call a fastxent function
+# (names mangled as _ZN8fastxent...), so other Numba code in the process is
+# untouched.
+#
+# 1. Same bits from a fresh compile and from the cache (issue 17, item 6).
+#    Numba links a copy of every helper a kernel calls into the kernel's
+#    module as ``linkonce_odr`` (a weak definition), and the helper's own
+#    library defines the same symbol.  LLVM does not inline every helper
+#    (exp_into, row_sum, ... are called), and MCJIT binds such a call to the
+#    first definition of the symbol it has loaded: in the process that
+#    compiled the kernel, the helper's stand-alone library (compiled before
+#    the kernel), in a process that loads the kernel from the cache, the
+#    kernel's own copy (the helpers are never compiled there).  The two
+#    copies are optimised separately -- the kernel's copy a second time, in
+#    the kernel's module -- and their vectorised sums associate differently:
+#    softmax, log_softmax and the gradients differed in the last bits between
+#    the two processes.  Giving the linked copies internal linkage before the
+#    module is optimised makes every kernel call its own copy, compiled once,
+#    in every process.
+# 2. The vector width (see ``_config.vector_width``): every function defined
+#    in such a module gets the ``"prefer-vector-width"`` attribute that
+#    clang's -mprefer-vector-width sets (with ``"min-legal-vector-width"``),
+#    which LLVM's x86 vectoriser and back end read per function.  LLVM's own choice (256 bits on Intel AVX-512 server targets,
+#    512 on AMD Zen 4 / Zen 5) applies when it is None.
+_OWN_SYMBOL_PREFIX = "_ZN8fastxent"
+
+
+_LINKED_COPY_LINKAGES = ("linkonce_odr", "weak_odr")  # helpers; parfor gufunc wrappers
+
+
+def _internalise_linked_copies(module, own_names) -> None:
+    """In an LLVM module (llvmlite.binding) that defines fastxent functions,
+    make every definition linked in from another library (not in
+    ``own_names``) internal."""
+    definitions = [fn for fn in module.functions if not fn.is_declaration]
+    if not any(fn.name.startswith(_OWN_SYMBOL_PREFIX) for fn in definitions):
+        return
+    linked = {getattr(llvm.Linkage, name) for name in _LINKED_COPY_LINKAGES}
+    for fn in definitions:
+        if fn.name not in own_names and fn.linkage in linked:
+            fn.linkage = llvm.Linkage.internal
+
+
+def _prefer_vector_width(ir_module, width: int) -> None:
+    """Add ``"prefer-vector-width"="<width>"`` to every function defined in
+    an llvmlite.ir module that defines or calls a fastxent function."""
+    functions = [g for g in ir_module.global_values if isinstance(g, llvm_ir.Function)]
+    if not any(fn.name.startswith(_OWN_SYMBOL_PREFIX) for fn in functions):
+        return
+    # "min-legal-vector-width"="0" as clang writes it: without it the x86
+    # back end must assume the function needs any width (an ABI of vector
+    # arguments) and never splits 512-bit operations, whatever is preferred
+    attributes = (f'"prefer-vector-width"="{width}"', '"min-legal-vector-width"="0"')
+    for fn in functions:
+        if fn.blocks:
+            for attribute in attributes:
+                # llvmlite.ir knows no string attributes; its set holds text
+                set.add(fn.attributes, attribute)
+
+
+def _install_codegen_hooks() -> None:
+    library = getattr(codegen, "CPUCodeLibrary", None)
+    if library is None or not all(hasattr(library, name) for name in
+                                  ("_optimize_final_module", "add_ir_module", "add_llvm_module")):
+        return  # an unknown Numba: its own code generation
+    optimize_final_module = library._optimize_final_module
+    add_ir_module = library.add_ir_module
+    add_llvm_module = library.add_llvm_module
+    width = _config.vector_width()
+
+    def _add_llvm_module(self, ll_module):
+        own = self.__dict__.setdefault("_fastxent_own_definitions", set())
+        own.update(fn.name for fn in ll_module.functions if not fn.is_declaration)
+        add_llvm_module(self, ll_module)
+
+    def _optimize_final_module(self):
+        _internalise_linked_copies(self._final_module,
+                                   self.__dict__.get("_fastxent_own_definitions", ()))
+        optimize_final_module(self)
+
+    def _add_ir_module(self, ir_module):
+        if width is not None:
+            _prefer_vector_width(ir_module, width)
+        add_ir_module(self, ir_module)
+
+    library._optimize_final_module = _optimize_final_module
+    library.add_ir_module = _add_ir_module
+    library.add_llvm_module = _add_llvm_module
+
+
+_install_codegen_hooks()
 
 
 def _renamed(fn: Callable, suffix: str) -> Callable:

@@ -16,7 +16,26 @@ x_y instead (``labels`` given): the loss is then log sum_j exp(x_j - x_y),
 >= 0 exactly and free of cancellation, and the max pass is skipped -- a
 third of the work at 10 classes.  When x_y is so far below the row's max
 that the sum overflows (or the row holds inf / NaN), the row is redone with
-the max shift (``redo_with_max``), so the result is the max-shift one.
+the max shift (:func:`max_shift_row`), so the result is the max-shift one.
+The cross-entropy kernel also redoes a row with the max shift where its
+gradient factor scale / sum would fall below the smallest normal number
+(a target far below the max and a small ``grad_output``), so the gradient
+is exact to rounding for any gap.
+
+Relative accuracy near 0: the rows keep the *excess* s = sum_{j != k}
+exp(x_j - x_k), the sum of exponentials less the shift's own term
+exp(x_k - x_k) = 1 (k: the label, or the first max), and the log of the sum
+as log1p(s).  So logsumexp([0, -40]) is 4.2e-18, not 0, and a confident
+cross-entropy loss log(1 + sum_{j != y} e^(x_j - x_y)) keeps its digits.  A
+label row's excess costs nothing: its target's exponential is set to 0 for
+the row sum (its index is known).  A max-shifted row's excess is d - 1 from
+the full sum d where that is exact enough (d >= 2: log d >= log 2 keeps its
+relative precision), and is summed again without the max's term only where
+d < 2 (one term dominating: :func:`max_excess`).
+
+The exponentials are ``fast_exp_shifted``: exact for x - shift <= 0 (the
+max shift) and up to 44 (float32), +inf beyond, so a target-shifted row
+more than 44 below its max overflows its sum and is redone too.
 
 Sums accumulate in the input dtype over blocks of ``SUM_BLOCK`` elements and
 the block sums in float64: float32 results stay within 1e-5 of the float64
@@ -30,12 +49,22 @@ import math
 import numpy as np
 
 from fastxent.cpu._jit import helper
-from fastxent.cpu._fastmath import fast_exp, fast_log, maxnum
+from fastxent.cpu._fastmath import fast_exp_shifted, fast_log1p, maxnum
 
 SUM_BLOCK = 256
 # Rows at least this long are summed without storing the exponentials when
 # only the sums are needed (the flat block pass pays off for short rows).
 LONG_ROW = 256
+# Column indices are unsigned in the inner loops (``range(U(start), U(stop))``):
+# Numba wraps negative signed indices around (x[i, -1] is the last column),
+# and where LLVM cannot prove a signed j >= 0 -- which it often cannot for
+# j = start + k, Numba's adds carry no no-wrap flags -- it keeps that select
+# per lane and vectorises the loop as a gather of computed addresses.  With
+# AVX-512 (znver5) the target-shifted row sum of the hard-label
+# cross-entropy compiled that way and ran 7x slower (51 vs 6.9 ms for
+# 1024 x 32000 float32, one thread).  Never do arithmetic on such a j:
+# int64 with uint64 is float64 in Numba.
+U = np.uint64
 
 
 @helper
@@ -49,7 +78,7 @@ def task_rows(task, rows_per_task, n_rows):
 def row_max(x, i):
     """Largest element of row i, NaN ignored (-inf for an empty or all -inf row)."""
     m = x.dtype.type(-np.inf)
-    for j in range(x.shape[1]):
+    for j in range(U(x.shape[1])):
         m = maxnum(m, x[i, j])
     return m
 
@@ -61,7 +90,7 @@ def row_sum(x, i):
     s = 0.0
     for start in range(0, n, SUM_BLOCK):
         block = x.dtype.type(0.0)
-        for j in range(start, min(start + SUM_BLOCK, n)):
+        for j in range(U(start), U(min(start + SUM_BLOCK, n))):
             block += x[i, j]
         s += np.float64(block)
     return s
@@ -73,22 +102,69 @@ def short_row_sum(x, i):
     loop small enough for LLVM to inline into the caller's row loop (a call
     per row of 10 classes costs as much as the row's exponentials)."""
     block = x.dtype.type(0.0)
-    for j in range(x.shape[1]):
+    for j in range(U(x.shape[1])):
         block += x[i, j]
     return np.float64(block)
 
 
 @helper
-def row_sum_exp(x, i, shift):
-    """sum_j exp(x[i, j] - shift), as a float64, nothing stored."""
-    n = x.shape[1]
+def range_sum_exp(x, i, shift, lo, hi):
+    """sum_{lo <= j < hi} exp(x[i, j] - shift), as a float64, nothing stored."""
     s = 0.0
-    for start in range(0, n, SUM_BLOCK):
+    for start in range(lo, hi, SUM_BLOCK):
         block = x.dtype.type(0.0)
-        for j in range(start, min(start + SUM_BLOCK, n)):
-            block += fast_exp(x[i, j] - shift)
+        for j in range(U(start), U(min(start + SUM_BLOCK, hi))):
+            block += fast_exp_shifted(x[i, j] - shift)
         s += np.float64(block)
     return s
+
+
+@helper
+def row_max_sum_exp(x, i):
+    """(m, sum_j exp(x[i, j] - m)) with m the row's max (NaN ignored), in one
+    read of the row: online softmax (Milakov & Gimelshein) per block of
+    ``SUM_BLOCK`` elements -- the block's max, a rescale of the running sum
+    when it is a new max, then the block's exponentials, re-read from L1.
+    The element equal to the max adds exactly exp(0) = 1, as with the
+    two-pass shift.  Only meaningful when m is finite (callers redo other
+    rows with :func:`row_shift`); a NaN in the row makes the sum NaN."""
+    n = x.shape[1]
+    m = x.dtype.type(-np.inf)
+    s = 0.0
+    for start in range(0, n, SUM_BLOCK):
+        stop = min(start + SUM_BLOCK, n)
+        block_max = x.dtype.type(-np.inf)
+        for j in range(U(start), U(stop)):
+            block_max = maxnum(block_max, x[i, j])
+        if block_max > m:
+            s *= fast_exp_shifted(np.float64(m) - np.float64(block_max))
+            m = block_max
+        # while m is -inf the block holds only -inf and NaN: shift by 0 so
+        # that those give 0 and NaN (x - m would be NaN for -inf too)
+        block_shift = m if m != -np.inf else x.dtype.type(0.0)
+        block = x.dtype.type(0.0)
+        for j in range(U(start), U(stop)):
+            block += fast_exp_shifted(x[i, j] - block_shift)
+        s += np.float64(block)
+    return m, s
+
+
+@helper
+def max_shift_sum_exp(x, i, finite_shift):
+    """(shift, sum_j exp(x[i, j] - shift)) for the max shift of
+    :func:`row_shift`: one read of the row (:func:`row_max_sum_exp`) unless
+    the max is infinite (or the row all NaN), which takes the two passes."""
+    shift, total = row_max_sum_exp(x, i)
+    if not math.isfinite(shift):
+        shift = row_shift(x, i, finite_shift)
+        total = row_sum_exp(x, i, shift)
+    return shift, total
+
+
+@helper
+def row_sum_exp(x, i, shift):
+    """sum_j exp(x[i, j] - shift), as a float64, nothing stored."""
+    return range_sum_exp(x, i, shift, 0, x.shape[1])
 
 
 @helper
@@ -116,39 +192,116 @@ def first_shift(x, i, labels, ignore_index, finite_shift):
 
 
 @helper
-def logs_of(sums, log_sums):
-    """log_sums[r] = log(sums[r]): one vectorised loop over a block's rows."""
-    for r in range(sums.shape[0]):
-        log_sums[r] = fast_log(sums[r])
+def shift_index(labels, ignore_index, i):
+    """The column k whose own term is the shift's exp(0) = 1 when it is
+    known before the sum: row i's label (cross-entropy), else -1."""
+    if labels is not None:
+        y = labels[i]
+        if y != ignore_index:
+            return y
+    return -1
 
 
 @helper
-def sum_exp_rows(x, start, stop, shifts, sums, log_sums, finite_shift, labels, ignore_index):
+def first_index_of(x, i, value):
+    """The first j with x[i, j] == value, or -1."""
+    for j in range(x.shape[1]):
+        if x[i, j] == value:
+            return j
+    return -1
+
+
+@helper
+def row_excess(x, i, shift, k, e, r):
+    """sum_{j != k} exp(x[i, j] - shift), as a float64: from the stored
+    exponentials e[r] when the block keeps them (e has rows), else
+    recomputed around column k."""
+    if e.shape[0] == 0:
+        return range_sum_exp(x, i, shift, 0, k) + range_sum_exp(x, i, shift, k + 1, x.shape[1])
+    return row_sum_without(e, r, k)
+
+
+@helper
+def max_excess(x, i, shift, total, e, r):
+    """The excess of row i shifted by its max (see the module docstring)
+    from its full sum of exponentials ``total``."""
+    if not total < 2.0:  # also inf and NaN
+        return total - 1.0
+    k = first_index_of(x, i, shift)
+    if k < 0:  # no term is exp(0): an all -inf row under a finite shift (total 0)
+        return total - 1.0
+    return row_excess(x, i, shift, k, e, r)
+
+
+@helper
+def max_shift_row(x, i, e, r, finite_shift):
+    """(shift, excess) of row i with the max shift; e[r] receives its
+    exponentials when the block stores them (e has rows)."""
+    shift = row_shift(x, i, finite_shift)
+    if e.shape[0] == 0:
+        total = row_sum_exp(x, i, shift)
+    else:
+        exp_into(x, i, shift, e, r)
+        total = row_sum(e, r)
+    return shift, max_excess(x, i, shift, total, e, r)
+
+
+@helper
+def redo_row_with_max(x, i, e, r, shifts, sums, log_sums, finite_shift):
+    """Row r (= x's row i) of a block again with the max shift: shifts[r],
+    sums[r] (its excess), log_sums[r] and, when stored, e[r]."""
+    shift, excess = max_shift_row(x, i, e, r, finite_shift)
+    shifts[r] = shift
+    sums[r] = excess
+    log_sums[r] = fast_log1p(excess)
+
+
+@helper
+def finish_rows(x, start, e, shifts, sums, log_sums, finite_shift, labels, ignore_index):
+    """After the row sums: sums[r] becomes each row's excess and log_sums[r]
+    log1p of it.  On entry sums[r] is the excess already for a label row
+    (its target's term left out), the full sum for a max-shifted row.  Label
+    rows whose sum overflowed (the target far below the max) or met inf /
+    NaN, or whose target logit is infinite, are redone with the max shift.
+    Rare paths; a row that is fine is only tested."""
+    for r in range(sums.shape[0]):
+        i = start + r
+        if shift_index(labels, ignore_index, i) >= 0:
+            if not (math.isfinite(sums[r]) and math.isfinite(shifts[r])):
+                shifts[r], sums[r] = max_shift_row(x, i, e, r, finite_shift)
+        else:
+            sums[r] = max_excess(x, i, shifts[r], sums[r], e, r)
+    for r in range(U(sums.shape[0])):
+        log_sums[r] = fast_log1p(sums[r])
+
+
+@helper
+def sum_exp_rows(x, start, stop, e, shifts, sums, log_sums, finite_shift, labels, ignore_index):
     """shifts, sums and log_sums as :func:`exp_rows` gives them, without
-    storing the exponentials: for long rows when only the normaliser is needed."""
+    storing the exponentials (``e`` has no rows): for long rows when only
+    the normaliser is needed."""
     for r in range(stop - start):
         i = start + r
-        shift = first_shift(x, i, labels, ignore_index, finite_shift)
-        total = row_sum_exp(x, i, shift)
-        if labels is not None and not math.isfinite(total):  # see redo_with_max
-            shift = row_shift(x, i, finite_shift)
-            total = row_sum_exp(x, i, shift)
-        shifts[r] = shift
-        sums[r] = total
-    logs_of(sums, log_sums)
+        k = shift_index(labels, ignore_index, i)
+        if k >= 0:
+            shifts[r] = first_shift(x, i, labels, ignore_index, finite_shift)
+            sums[r] = row_excess(x, i, shifts[r], k, e, r)
+        else:
+            shifts[r], sums[r] = max_shift_sum_exp(x, i, finite_shift)
+    finish_rows(x, start, e, shifts, sums, log_sums, finite_shift, labels, ignore_index)
 
 
 @helper
-def redo_with_max(x, start, e, shifts, sums, finite_shift):
-    """Rows of a block whose target-logit shift overflowed the sum (the
-    target far below the max) or met inf / NaN: exponentials and sum again
-    with the max shift.  Rare; a row that is fine is only tested."""
-    for r in range(sums.shape[0]):
-        if not math.isfinite(sums[r]):
-            shift = row_shift(x, start + r, finite_shift)
-            shifts[r] = shift
-            exp_into(x, start + r, shift, e, r)
-            sums[r] = row_sum(e, r)
+def row_sum_without(e, r, k):
+    """:func:`row_sum` of e's row r less its column k (nothing left out for
+    k < 0): a label row's excess."""
+    if k < 0:
+        return row_sum(e, r)
+    kept = e[r, k]
+    e[r, k] = 0
+    s = row_sum(e, r)
+    e[r, k] = kept
+    return s
 
 
 @helper
@@ -156,15 +309,17 @@ def exp_into(x, i, shift, e, r):
     """e[r, j] = exp(x[i, j] - shift): one long row, fused subtract-exp
     (its own function: LLVM vectorises it better than the same loop inlined
     beside the row sum, about 5% at C = 1000)."""
-    for j in range(x.shape[1]):
-        e[r, j] = fast_exp(x[i, j] - shift)
+    for j in range(U(x.shape[1])):
+        e[r, j] = fast_exp_shifted(x[i, j] - shift)
 
 
 @helper
 def exp_rows(x, start, stop, e, shifts, sums, log_sums, finite_shift, labels, ignore_index):
     """For rows start..stop of x: shifts[r] = the row max (see row_shift),
-    e[r, :] = exp(x[start + r] - shifts[r]), sums[r] = the sum of that row of
-    e (float64, >= 1 for finite rows) and log_sums[r] = log(sums[r]).
+    e[r, :] = exp(x[start + r] - shifts[r]), sums[r] = the excess of that
+    row of e (float64: the row sum less the shift's own term 1, see the
+    module docstring; the row sum itself is 1 + sums[r]) and log_sums[r] =
+    log1p(sums[r]).
     The row's logsumexp is shifts[r] + log_sums[r]; quantities relative to it
     are computed as (x - shift) - log_sum, exact also when |shift| is huge
     (1e30).  ``e`` is a (stop - start, C) C-contiguous scratch array.
@@ -182,21 +337,26 @@ def exp_rows(x, start, stop, e, shifts, sums, log_sums, finite_shift, labels, ig
             shifts[r] = shift
             exp_into(x, start + r, shift, e, r)
         for r in range(n_rows):
-            sums[r] = row_sum(e, r)
+            sums[r] = row_sum_without(e, r, shift_index(labels, ignore_index, start + r))
     else:
         for r in range(n_rows):
             shift = first_shift(x, start + r, labels, ignore_index, finite_shift)
             shifts[r] = shift
-            for j in range(n_classes):
-                e[r, j] = x[start + r, j] - shift
+            i = start + r
+            for j in range(U(n_classes)):
+                e[r, j] = x[i, j] - shift
         flat_e = e.reshape(n_rows * n_classes)
-        for k in range(n_rows * n_classes):
-            flat_e[k] = fast_exp(flat_e[k])
+        for k in range(U(n_rows * n_classes)):
+            flat_e[k] = fast_exp_shifted(flat_e[k])
         for r in range(n_rows):
+            k = shift_index(labels, ignore_index, start + r)
+            kept = e[r, k] if k >= 0 else e.dtype.type(0)
+            if k >= 0:
+                e[r, k] = 0  # the target's own term (1, or NaN) is left out: the excess
             sums[r] = short_row_sum(e, r)
-    if labels is not None:
-        redo_with_max(x, start, e, shifts, sums, finite_shift)
-    logs_of(sums, log_sums)
+            if k >= 0:
+                e[r, k] = kept
+    finish_rows(x, start, e, shifts, sums, log_sums, finite_shift, labels, ignore_index)
 
 
 @helper
@@ -217,7 +377,7 @@ def block_exps(x, start, stop, keep_exps, finite_shift, labels=None, ignore_inde
         shifts = np.empty(stop - start, dtype=x.dtype)
         sums = np.empty(stop - start)
         log_sums = np.empty(stop - start)
-        sum_exp_rows(x, start, stop, shifts, sums, log_sums, finite_shift, labels, ignore_index)
+        sum_exp_rows(x, start, stop, e, shifts, sums, log_sums, finite_shift, labels, ignore_index)
         return e, shifts, sums, log_sums
     e, shifts, sums, log_sums = task_scratch(x, stop - start)
     exp_rows(x, start, stop, e, shifts, sums, log_sums, finite_shift, labels, ignore_index)

@@ -15,7 +15,7 @@ import numpy as np
 from numba import prange
 
 from fastxent.cpu._jit import helper, specialise
-from fastxent.cpu._fastmath import fast_exp, fast_log, fast_log1p
+from fastxent.cpu._fastmath import fast_exp, fast_log, fast_log1p, sum_of_products
 
 
 # PyTorch clamps p (1 - p) at a *float32* 1e-12 in the BCE gradient; the same
@@ -58,17 +58,18 @@ def log_p(p):
 
 @helper
 def log_one_minus_p(p, unused_log_p):
-    """Clamped log(1 - p), p already float64 (for float32 p, 1 - p is exact
-    down to p = 2^-29; below, log(1 - p) is off by < 1e-16 absolute)."""
-    return clamped_log(1.0 - p)
+    """Clamped log(1 - p) as log1p(-p), p already float64: relative
+    precision for p near 0 (log(1 - 1e-17) is -1e-17, not 0)."""
+    lv = fast_log1p(-p)
+    return -100.0 if lv < -100.0 else lv
 
 
 @helper
-def bce_probs_combine(p, t, w, pw, log_prob, log_one_minus_prob):
+def bce_probs_element(p, t, w, pw, log_prob, log_one_minus_prob):
     """(loss, dloss/dp, 1 if p is outside [0, 1]) for one probability p,
     target t, weight w, from log p and log(1 - p) (``pw`` is unused: the
     signature is shared)."""
-    loss = -w * (t * log_prob + (1.0 - t) * log_one_minus_prob)
+    loss = -w * sum_of_products(t, log_prob, 1.0 - t, log_one_minus_prob)
     denom = p * (1.0 - p)
     denom = _EPSILON if denom < _EPSILON else denom
     return loss, w * (p - t) / denom, 1 if (p < 0.0 or p > 1.0) else 0
@@ -88,16 +89,24 @@ def log1p_of_exp(unused_x, e):
 
 
 @helper
-def bce_logits_combine(x, t, w, pw, e, log1p_e):
+def bce_logits_element(x, t, w, pw, e, log1p_e):
     """(loss, dloss/dx, 0) for one logit x, target t, weight w, positive
-    weight pw, from e = exp(-|x|) and log1p(e) (PyTorch's stable form:
-    log1p(exp(-|x|)) never overflows)."""
-    log_weight = 1.0 + (pw - 1.0) * t
-    loss = w * ((1.0 - t) * x + log_weight * (log1p_e + max(-x, 0.0)))
-    sigmoid = 1.0 / (1.0 + e) if x >= 0.0 else e / (1.0 + e)
+    weight pw, from e = exp(-|x|) and log1p(e).
+
+    PyTorch's (1 - t) x + (1 + (pw - 1) t) softplus(-x) written as
+    (1 - t) softplus(x) + pw t softplus(-x), softplus(+-x) = log1p(e) +
+    max(+-x, 0) (never overflows): two terms >= 0, so a tiny loss (x = -40,
+    t = 0: 4.2e-18) keeps its digits instead of cancelling x against -x.
+    Likewise the gradient (1 - t) sigmoid(x) - pw t sigmoid(-x)."""
+    loss = w * sum_of_products(1.0 - t, log1p_e + max(x, 0.0), pw * t, log1p_e + max(-x, 0.0))
+    one_over = 1.0 / (1.0 + e)
+    e_over = e / (1.0 + e)
+    sigmoid = one_over if x >= 0.0 else e_over
+    sigmoid_neg = e_over if x >= 0.0 else one_over
+    d = w * sum_of_products(1.0 - t, sigmoid, -(pw * t), sigmoid_neg)
     loss = x if x != x else loss
-    sigmoid = x if x != x else sigmoid
-    return loss, w * (sigmoid * log_weight - pw * t), 0
+    d = x if x != x else d
+    return loss, d, 0
 
 
 def _bce_template(first, second, combine):
@@ -123,20 +132,23 @@ def _bce_template(first, second, combine):
                         np.float64(values[k]), np.float64(target[k]), optional_at(weight, k, 1.0),
                         optional_at(pos_weight, k, 1.0), a[i], b[i])
                     n_bad += out_of_range
-                    if loss_out is None:
-                        a[i] = loss  # a[i] is used up: it now holds the loss
-                    else:
-                        loss_out[k] = loss
-                    if grad is not None:
-                        grad[k] = d * scale * optional_at(grad_scale, k, 1.0)
+                    a[i] = loss  # a[i] and b[i] are used up: they now hold the results
+                    b[i] = d * scale * optional_at(grad_scale, k, 1.0)
+                # The results leave scratch in loops of their own: a loop that
+                # writes an output is vectorised behind a run-time check that
+                # the output does not overlap the inputs, and falls back to
+                # scalar code (another order of the sum, other roundings of
+                # fast-math arithmetic) when the heap happens to place them
+                # close.  These loops only sum or copy, so the bits never change.
                 if loss_out is None:
-                    # Summed in a loop of its own: the loop above is vectorised
-                    # behind a run-time check that the output does not overlap
-                    # the inputs, and falls back to scalar code (another order
-                    # of the sum) when the heap happens to place them close.
-                    # This loop only reads scratch, so its order never changes.
                     for i in range(m):
                         total += a[i]
+                else:
+                    for i in range(m):
+                        loss_out[block_start + i] = a[i]
+                if grad is not None:
+                    for i in range(m):
+                        grad[block_start + i] = b[i]
             partial[task] = total
             bad[task] = n_bad
 
@@ -144,9 +156,9 @@ def _bce_template(first, second, combine):
 
 
 _bce_probs = specialise(_bce_template, "bce_probs_flat", first=log_p, second=log_one_minus_p,
-                        combine=bce_probs_combine)
+                        combine=bce_probs_element)
 _bce_logits = specialise(_bce_template, "bce_logits_flat", first=exp_minus_abs,
-                         second=log1p_of_exp, combine=bce_logits_combine)
+                         second=log1p_of_exp, combine=bce_logits_element)
 
 
 def bce_flat(values, target, weight, pos_weight, logits: bool, grad_scale, scale: float,

@@ -7,8 +7,8 @@ import numpy as np
 from numba import prange
 
 from fastxent.cpu._jit import kernel
-from fastxent.cpu._fastmath import diff_minus
-from fastxent.cpu._rows import block_exps, exp_rows, task_rows
+from fastxent.cpu._fastmath import diff_minus, fast_exp_shifted
+from fastxent.cpu._rows import LONG_ROW, U, block_exps, exp_rows, task_rows
 
 
 @kernel
@@ -26,10 +26,12 @@ def _softmax_rows(x, out, log, rows_per_task):
     n_rows, n_classes = x.shape
     for task in prange((n_rows + rows_per_task - 1) // rows_per_task):
         start, stop = task_rows(task, rows_per_task, n_rows)
-        if log:
+        if log or n_classes >= LONG_ROW:
+            # long rows: (max, sum) in one read of x (online, see _rows);
+            # the loop below is the only other pass: it reads x and writes out
             _, shifts, sums, log_sums = block_exps(x, start, stop, False, False)
         else:
-            # softmax: the exponentials go straight into the output block
+            # short softmax rows: the exponentials go straight into the output block
             shifts = np.empty(stop - start, dtype=x.dtype)
             sums = np.empty(stop - start)
             log_sums = np.empty(stop - start)
@@ -41,19 +43,30 @@ def _softmax_rows(x, out, log, rows_per_task):
                 # probabilities, and for huge shifts (1e30)
                 shift = shifts[r]
                 log_sum = x.dtype.type(log_sums[r])
-                for j in range(n_classes):
+                for j in range(U(n_classes)):
                     out[i, j] = diff_minus(x[i, j], shift, log_sum)
+            elif n_classes >= LONG_ROW:
+                # the exponentials again, rather than a store and a re-read
+                # of out: a second exp costs less than a pass over memory
+                shift = shifts[r]
+                inv = x.dtype.type(1.0 / (1.0 + sums[r]))  # sums: the excess (see _rows)
+                for j in range(U(n_classes)):
+                    out[i, j] = fast_exp_shifted(x[i, j] - shift) * inv
             else:
-                inv = x.dtype.type(1.0 / sums[r])
-                for j in range(n_classes):
+                inv = x.dtype.type(1.0 / (1.0 + sums[r]))
+                for j in range(U(n_classes)):
                     out[i, j] *= inv
 
 
-def logsumexp_rows(x: np.ndarray, out: np.ndarray, rows_per_task: int) -> None:
-    """out[i] = log sum_j exp(x[i, j])   (out: float64, shape (rows,))."""
-    _logsumexp_rows(x.size, x, out, rows_per_task)
+LOGSUMEXP, SOFTMAX, LOG_SOFTMAX = 0, 1, 2  # the modes of softmax_rows, as in fastxent.cuda.softmax
 
 
-def softmax_rows(x: np.ndarray, out: np.ndarray, log: bool, rows_per_task: int) -> None:
-    """out = softmax(x) (or log_softmax) along the rows; out has x's shape and dtype."""
-    _softmax_rows(x.size, x, out, log, rows_per_task)
+def softmax_rows(x: np.ndarray, out: np.ndarray, mode: int, rows_per_task: int) -> None:
+    """Along the rows of x: out[i] = log sum_j exp(x[i, j]) (mode LOGSUMEXP;
+    out float64 of shape (rows,)), softmax (SOFTMAX) or log-softmax
+    (LOG_SOFTMAX; out of x's shape and dtype)."""
+    if mode == LOGSUMEXP:
+        _logsumexp_rows(x.size, x, out, rows_per_task)
+    else:
+        log = mode == LOG_SOFTMAX
+        _softmax_rows(x.size, x, out, log, rows_per_task)

@@ -40,20 +40,11 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from fastxent._backend import is_cuda_array
 from fastxent.cuda import _config
 from fastxent.cuda._numba_cuda import (SIMULATED, as_device_array, cuda, default_stream,
                                        external_stream, is_device_array, legacy_default_stream,
                                        per_thread_default_stream)
-
-
-def is_device(obj: Any) -> bool:
-    """True for objects exposing ``__cuda_array_interface__``.  (PyTorch
-    refuses the interface, with a RuntimeError, for tensors that require
-    grad: those are asked ``is_cuda`` and detached by :meth:`Call.device`.)"""
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(obj, torch.Tensor) and obj.requires_grad:
-        return bool(obj.is_cuda) or hasattr(obj.detach(), "__cuda_array_interface__")
-    return hasattr(obj, "__cuda_array_interface__")
 
 
 def _library(obj: Any) -> str:
@@ -69,9 +60,14 @@ def _library(obj: Any) -> str:
 
 
 def _stream_from_pointer(ptr: Optional[int]) -> Any:
-    if ptr is None or ptr == 0:
+    """A Numba stream for a producer's stream handle.  Handle 0 (PyTorch's
+    and CuPy's default stream) is the *legacy* default stream, also when
+    Numba itself runs with per-thread default streams
+    (NUMBA_CUDA_PER_THREAD_DEFAULT_STREAM=1, where ``default_stream()`` is
+    the per-thread one)."""
+    if ptr is None:
         return default_stream()
-    if ptr == 1:
+    if ptr == 0 or ptr == 1:
         return legacy_default_stream()
     if ptr == 2:
         return per_thread_default_stream()
@@ -106,13 +102,6 @@ class _Interface:
         self.owner = owner
 
 
-def shape_only(dev: Any) -> np.ndarray:
-    """A host array with ``dev``'s shape and dtype and no memory (stride 0),
-    for the metadata checks of ``fastxent._checks`` that take arrays."""
-    return np.lib.stride_tricks.as_strided(np.zeros(1, dtype=dev.dtype), shape=dev.shape,
-                                           strides=(0,) * len(dev.shape))
-
-
 class Buffer:
     """A device allocation: the library's object and the Numba view of it."""
 
@@ -129,12 +118,14 @@ class Call:
     def __init__(self, primary: Any):
         self.library = _library(primary)
         self.primary = primary
-        self.stream = stream_of(primary, self.library)
+        self.device_id = device_of(primary, self.library)
+        with on_device(self.device_id):
+            self.stream = stream_of(primary, self.library)
 
     # ------------------------------------------------------------- inputs
     def device(self, obj: Any, name: str) -> Any:
         """The Numba device view of a required array argument."""
-        if not is_device(obj):
+        if not is_cuda_array(obj):
             raise TypeError(
                 f"{name} is a host object ({type(obj).__name__}) while other arguments are CUDA "
                 "arrays: pass every array argument on the same GPU (or all on the host)"
@@ -207,8 +198,47 @@ class Call:
         return out
 
     def launch(self, kernel: Any, blocks: int, threads: int) -> Any:
-        """``kernel[blocks, threads, stream]``."""
-        return kernel[blocks, threads, self.stream]
+        """``kernel[blocks, threads, stream]``, launched with the arrays'
+        device current (a tensor on cuda:1 runs on GPU 1)."""
+        configured = kernel[blocks, threads, self.stream]
+        if self.device_id is None:
+            return configured
+
+        def launch_on_device(*args: Any) -> Any:
+            with on_device(self.device_id):
+                return configured(*args)
+
+        return launch_on_device
+
+
+def device_of(obj: Any, library: str) -> Optional[int]:
+    """The ordinal of the GPU holding ``obj`` (None: the current one, or unknown)."""
+    if SIMULATED:
+        return None
+    if library == "torch":
+        return obj.device.index if obj.is_cuda else None
+    if library == "cupy":
+        return int(obj.device.id)
+    return None
+
+
+class on_device:
+    """Make GPU ``device_id`` current for the block (nothing when it already is, or None)."""
+
+    def __init__(self, device_id: Optional[int]):
+        self.device_id = device_id
+        self._context = None
+
+    def __enter__(self):
+        if self.device_id is not None and cuda.get_current_device().id != self.device_id:
+            self._context = cuda.gpus[self.device_id]
+            self._context.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self._context is not None:
+            self._context.__exit__(*exc)
+        return False
 
 
 def synchronize(stream: Any) -> None:

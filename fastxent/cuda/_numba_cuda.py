@@ -150,6 +150,181 @@ else:
         return isinstance(obj, DeviceNDArray)
 
 
+# ---------------------------------------------------------------- device helpers
+# The hot row loops use these instead of plain indexing and ``math``:
+#
+# * ``load4(a, i)`` / ``store4(a, i, (v0, v1, v2, v3))``: a[i:i+4] of a 1-D
+#   C-contiguous array as one vector access (``ld/st.global.v4.f32``, two
+#   ``v2.f64`` for float64).  The caller guarantees that &a[i] is 16-byte
+#   aligned and that i + 3 is in bounds: nothing is checked on a GPU.
+# * ``load1(a, i)`` / ``store1(a, i, v)``: a[i] without Numba's negative-index
+#   wraparound (one select per access less); the caller guarantees
+#   0 <= i < len(a).
+# * ``address(a)``: the address of a[0] as an int64 (alignment checks).
+# * ``cast_like(v, like)``: v converted to like's (scalar) type.
+# * ``fmax``/``fmin``: one ``max.f32``/``min.f32`` (NaN-ignoring, as C's fmax).
+# * ``exp_fast(t)``: e^t, for float32 ``ex2.approx.ftz(t * log2 e)`` (2
+#   instructions, relative error about 2 ulp + |t| * 2^-24, subnormal results
+#   flushed to 0); for float64 the accurate ``exp``.
+# * ``syncwarp()``: ``__syncwarp()`` (a no-op on the simulator, whose threads
+#   are not grouped in warps).
+#
+# On the simulator these are plain Python on NumPy scalars (still bounds
+# checked by NumPy indexing).
+#: Every lane of a warp (the mask of ``syncwarp``).
+FULL_WARP = 0xFFFFFFFF
+
+if SIMULATED:
+    def load4(a, i):
+        return (a[i], a[i + 1], a[i + 2], a[i + 3])
+
+    def store4(a, i, v):
+        a[i] = v[0]
+        a[i + 1] = v[1]
+        a[i + 2] = v[2]
+        a[i + 3] = v[3]
+
+    def load1(a, i):
+        return a[i]
+
+    def store1(a, i, v):
+        a[i] = v
+
+    def address(a):
+        return np.asarray(a).ctypes.data
+
+    def fmax(a, b):
+        return np.fmax(a, b)
+
+    def fmin(a, b):
+        return np.fmin(a, b)
+
+    def exp_fast(t):
+        with np.errstate(all="ignore"):
+            return np.exp(t)
+
+    def cast_like(value, like):
+        return type(like)(value)
+
+    def syncwarp():
+        pass
+
+else:
+    from llvmlite import ir as _ir
+    from numba import types as _types
+    from numba.cuda import libdevice as _libdevice
+    from numba.cuda.extending import intrinsic as _intrinsic
+    from numba.cuda.extending import overload as _overload
+
+    def _element_pointer(context, builder, array_type, array, index_type, index):
+        ary = context.make_array(array_type)(context, builder, array)
+        offset = context.cast(builder, index, index_type, _types.intp)
+        return builder.gep(ary.data, [offset])
+
+    @_intrinsic
+    def load4(typingctx, array, index):
+        sig = _types.UniTuple(array.dtype, 4)(array, index)
+
+        def codegen(context, builder, sig, args):
+            array_type, index_type = sig.args
+            vector = _ir.VectorType(context.get_value_type(array_type.dtype), 4)
+            ptr = _element_pointer(context, builder, array_type, args[0], index_type, args[1])
+            loaded = builder.load(builder.bitcast(ptr, vector.as_pointer()), align=16)
+            values = [builder.extract_element(loaded, _ir.Constant(_ir.IntType(32), k))
+                      for k in range(4)]
+            return context.make_tuple(builder, sig.return_type, values)
+
+        return sig, codegen
+
+    @_intrinsic
+    def store4(typingctx, array, index, values):
+        sig = _types.void(array, index, values)
+
+        def codegen(context, builder, sig, args):
+            array_type, index_type, values_type = sig.args
+            vector_type = _ir.VectorType(context.get_value_type(array_type.dtype), 4)
+            vector = _ir.Constant(vector_type, _ir.Undefined)
+            for k in range(4):
+                value = context.cast(builder, builder.extract_value(args[2], k),
+                                     values_type[k], array_type.dtype)
+                vector = builder.insert_element(vector, value, _ir.Constant(_ir.IntType(32), k))
+            ptr = _element_pointer(context, builder, array_type, args[0], index_type, args[1])
+            builder.store(vector, builder.bitcast(ptr, vector_type.as_pointer()), align=16)
+
+        return sig, codegen
+
+    @_intrinsic
+    def load1(typingctx, array, index):
+        sig = array.dtype(array, index)
+
+        def codegen(context, builder, sig, args):
+            ptr = _element_pointer(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+            return builder.load(ptr)
+
+        return sig, codegen
+
+    @_intrinsic
+    def store1(typingctx, array, index, value):
+        sig = _types.void(array, index, value)
+
+        def codegen(context, builder, sig, args):
+            array_type, index_type, value_type = sig.args
+            ptr = _element_pointer(context, builder, array_type, args[0], index_type, args[1])
+            builder.store(context.cast(builder, args[2], value_type, array_type.dtype), ptr)
+
+        return sig, codegen
+
+    @_intrinsic
+    def address(typingctx, array):
+        sig = _types.int64(array)
+
+        def codegen(context, builder, sig, args):
+            ary = context.make_array(sig.args[0])(context, builder, args[0])
+            return builder.ptrtoint(ary.data, _ir.IntType(64))
+
+        return sig, codegen
+
+    def fmax(a, b):
+        """max.f32 / max.f64 (stub: see the overload)."""
+
+    def fmin(a, b):
+        """min.f32 / min.f64 (stub: see the overload)."""
+
+    def exp_fast(t):
+        """e^t (stub: see the overload)."""
+
+    def cast_like(value, like):
+        """``value`` converted to the type of ``like`` (stub: see the overload)."""
+
+    @_overload(cast_like, target="cuda")
+    def _cast_like(value, like):
+        if like == _types.float32:
+            return lambda value, like: np.float32(value)
+        return lambda value, like: np.float64(value)
+
+    @_overload(fmax, target="cuda")
+    def _fmax(a, b):
+        if a == _types.float32 and b == _types.float32:
+            return lambda a, b: _libdevice.fmaxf(a, b)
+        return lambda a, b: _libdevice.fmax(a, b)
+
+    @_overload(fmin, target="cuda")
+    def _fmin(a, b):
+        if a == _types.float32 and b == _types.float32:
+            return lambda a, b: _libdevice.fminf(a, b)
+        return lambda a, b: _libdevice.fmin(a, b)
+
+    @_overload(exp_fast, target="cuda")
+    def _exp_fast(t):
+        if t == _types.float32:
+            return lambda t: _libdevice.fast_expf(t)
+        return lambda t: math.exp(t)
+
+    @cuda.jit(device=True)
+    def syncwarp():
+        cuda.syncwarp(FULL_WARP)
+
+
 def kernel(max_registers: int = 0):
     """``cuda.jit`` for a kernel, with a register limit on a GPU (ptxas
     ``-maxrregcount``: a block of 1024 threads needs <= 64 registers per
@@ -173,6 +348,7 @@ def per_thread_default_stream() -> Any:
     return cuda.per_thread_default_stream()
 
 
-__all__ = ["cuda", "SIMULATED", "exp", "log", "log1p", "div", "as_device_array", "external_stream",
+__all__ = ["cuda", "SIMULATED", "exp", "log", "log1p", "div", "load4", "store4", "load1", "store1",
+           "address", "fmax", "fmin", "exp_fast", "cast_like", "syncwarp", "as_device_array", "external_stream",
            "default_stream", "kernel", "legacy_default_stream", "per_thread_default_stream",
            "is_device_array"]

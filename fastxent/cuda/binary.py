@@ -32,7 +32,10 @@ def clamped_log(v):
 @cuda.jit(device=True)
 def bce_probs_element(p, t, w, pw):
     """(loss, dloss/dp, 1 if p is outside [0, 1]); ``pw`` is unused."""
-    loss = -w * (t * clamped_log(p) + (1.0 - t) * clamped_log(1.0 - p))
+    # log1p(-p): relative precision for p near 0 (as on the CPU)
+    log_one_minus_p = log1p(-p)
+    log_one_minus_p = -100.0 if log_one_minus_p < -100.0 else log_one_minus_p
+    loss = -w * (t * clamped_log(p) + (1.0 - t) * log_one_minus_p)
     denom = p * (1.0 - p)
     denom = _EPSILON if denom < _EPSILON else denom
     return loss, w * (p - t) / denom, 1 if (p < 0.0 or p > 1.0) else 0
@@ -40,15 +43,21 @@ def bce_probs_element(p, t, w, pw):
 
 @cuda.jit(device=True)
 def bce_logits_element(x, t, w, pw):
-    """(loss, dloss/dx, 0) in PyTorch's stable form."""
+    """(loss, dloss/dx, 0) as on the CPU: (1 - t) softplus(x) + pw t
+    softplus(-x) and (1 - t) sigmoid(x) - pw t sigmoid(-x), terms >= 0 that
+    do not cancel (PyTorch's form (1 - t) x + ... loses tiny losses)."""
     e = exp(-abs(x))
-    log_weight = 1.0 + (pw - 1.0) * t
-    loss = w * ((1.0 - t) * x + log_weight * (log1p(e) + max(-x, 0.0)))
-    sigmoid = div(1.0, 1.0 + e) if x >= 0.0 else div(e, 1.0 + e)
+    l1p = log1p(e)
+    loss = w * ((1.0 - t) * (l1p + max(x, 0.0)) + pw * t * (l1p + max(-x, 0.0)))
+    one_over = div(1.0, 1.0 + e)
+    e_over = div(e, 1.0 + e)
+    sigmoid = one_over if x >= 0.0 else e_over
+    sigmoid_neg = e_over if x >= 0.0 else one_over
+    d = w * ((1.0 - t) * sigmoid - pw * t * sigmoid_neg)
     if x != x:
         loss = x
-        sigmoid = x
-    return loss, w * (sigmoid * log_weight - pw * t), 0
+        d = x
+    return loss, d, 0
 
 
 def _bce_template(element):

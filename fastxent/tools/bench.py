@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -22,8 +23,10 @@ from numba import prange
 
 import fastxent as fx
 from fastxent import reference
+from fastxent.cpu import _config
 from fastxent.cpu._jit import kernel
-from fastxent.cpu._fastmath import fast_exp
+from fastxent.cpu._fastmath import fast_exp_shifted
+from fastxent.tools._harness import interleaved, parse_shapes
 
 SHAPES = [(65536, 10), (4096, 1000), (1024, 32000), (256, 128000)]
 QUICK_SHAPE = (4096, 1000)
@@ -144,7 +147,8 @@ def _torch_impls(name: str, args: tuple, options: dict) -> Dict[str, Callable[[]
             x = t[0].detach().requires_grad_(True)
             F.cross_entropy(x, t[1], **kw).backward()
             return x.grad
-        return {"torch": fwd_bwd}
+        # the forward alone too: small fused calls should cost at most 1.5x it
+        return {"torch": fwd_bwd, "torch fwd": lambda: F.cross_entropy(t[0], t[1], **kw)}
     return {}
 
 
@@ -197,7 +201,7 @@ def _exp_pass(x, out):
     block = 1 << 14
     for task in prange((flat_x.shape[0] + block - 1) // block):
         for k in range(task * block, min(task * block + block, flat_x.shape[0])):
-            flat_out[k] = fast_exp(flat_x[k])
+            flat_out[k] = fast_exp_shifted(flat_x[k])
 
 
 # ----------------------------------------------------------------- timing
@@ -213,12 +217,6 @@ class Cell:
         if peer not in self.seconds or "fastxent" not in self.seconds:
             return None
         return self.seconds[peer] / self.seconds["fastxent"]
-
-
-def _time_once(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def measure(name: str, shape: tuple, dtype, rounds: int, peers: bool, seed: int = 0) -> Cell:
@@ -244,28 +242,79 @@ def measure(name: str, shape: tuple, dtype, rounds: int, peers: bool, seed: int 
     impls["copy floor"] = lambda: np.copyto(copy_dst, args[0])
     if args[0].dtype in (np.float32, np.float64):
         impls["exp floor"] = lambda: _exp_pass(args[0].size, args[0], copy_dst)
-    for fn in impls.values():  # warm-up: JIT compilation, caches, allocator
-        fn()
     # A round is at least ~20 ms of work per implementation, whatever the shape.
-    per_call = max(_time_once(impls["fastxent"]), 1e-6)
-    reps = max(1, int(0.02 / per_call))
-    samples: Dict[str, List[float]] = {k: [] for k in impls}
-    for _ in range(rounds):
-        for key, fn in impls.items():
-            start = time.perf_counter()
-            for _ in range(reps):
-                fn()
-            samples[key].append((time.perf_counter() - start) / reps)
-    return Cell(name, shape, np.dtype(dtype).name, {k: float(np.median(v)) for k, v in samples.items()})
+    seconds = interleaved(impls, rounds, round_seconds=0.02)
+    return Cell(name, shape, np.dtype(dtype).name, seconds)
+
+
+# ----------------------------------------------------------------- machine
+# ISA extensions worth naming in a header, LLVM's feature names -> shown as
+_ISA_NAMES = [("avx2", "AVX2"), ("fma", "FMA"), ("avx512f", "AVX-512F"), ("avx512dq", "DQ"),
+              ("avx512bw", "BW"), ("avx512vl", "VL"), ("avx512bf16", "BF16"),
+              ("avx512fp16", "FP16"), ("avx512vnni", "VNNI"), ("amx-tile", "AMX")]
+
+
+def _cpu_model() -> str:
+    """The CPU's marketing name (Linux /proc/cpuinfo), else what platform says."""
+    fields = {}
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+                if not line.strip():
+                    break  # the first processor is enough
+    except OSError:
+        pass
+    if "model name" not in fields:
+        return platform.processor() or platform.machine()
+    family = f" (family {fields['cpu family']}, model {fields.get('model', '?')})" \
+        if "cpu family" in fields else ""
+    return fields["model name"] + family
+
+
+def machine() -> dict:
+    """What the figures were measured on: CPU model, LLVM's name for it, the
+    ISA extensions Numba compiles for, the kernels' vector width, threads."""
+    import numba
+
+    llvm_cpu, features = _config.target_cpu()
+    width = _config.vector_width()
+    threads = {"numba": numba.get_num_threads(), "cores": os.cpu_count()}
+    if "torch" in sys.modules:
+        threads["torch"] = sys.modules["torch"].get_num_threads()
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # no parallel launch yet
+        layer = None
+    versions = {m: getattr(sys.modules[m], "__version__", "?")
+                for m in ("numba", "numpy", "torch", "jax") if m in sys.modules}
+    return {"cpu_model": _cpu_model(), "llvm_cpu": llvm_cpu,
+            "isa": [shown for flag, shown in _ISA_NAMES if flag in features],
+            "avx2": "avx2" in features, "avx512": _config.AVX512_FEATURES <= features,
+            "vector_width_bits": width if width else f"LLVM default for {llvm_cpu}",
+            "threads": threads, "threading_layer": layer, "platform": platform.platform(),
+            "python": platform.python_version(), "versions": versions}
+
+
+def format_machine(info: dict) -> str:
+    """One line naming the machine, for the table's header."""
+    threads = ", ".join(f"{k} {v}" for k, v in info["threads"].items())
+    return (f"{info['cpu_model']} (LLVM {info['llvm_cpu']}); {' '.join(info['isa']) or 'no AVX2'}; "
+            f"vector width {info['vector_width_bits']}; threads: {threads}")
 
 
 # ----------------------------------------------------------------- output
+# the columns "x vs <peer>"; "torch fwd" is PyTorch's forward alone beside a fused with-grad call
+PEERS = ("numpy", "scipy", "torch", "torch fwd", "jax")
+
+
 def _fmt_time(s: float) -> str:
     return f"{s * 1e6:8.1f} us" if s < 1e-3 else f"{s * 1e3:8.2f} ms"
 
 
 def format_table(cells: List[Cell]) -> str:
-    peers = [p for p in ("numpy", "scipy", "torch", "jax") if any(p in c.seconds for c in cells)]
+    peers = [p for p in PEERS if any(p in c.seconds for c in cells)]
     variants = any("hard labels" in c.seconds for c in cells)
     head = f"{'function':<44}{'shape':>14} {'dtype':>8} {'fastxent':>12}" + "".join(
         f"{'x vs ' + p:>12}" for p in peers) + f"{'x copy':>9}{'x exp':>8}"
@@ -293,7 +342,7 @@ def format_table(cells: List[Cell]) -> str:
 
 def format_markdown(cells: List[Cell]) -> str:
     """The table of :func:`format_table` as Markdown (for docs/performance.md)."""
-    peers = [p for p in ("numpy", "scipy", "torch", "jax") if any(p in c.seconds for c in cells)]
+    peers = [p for p in PEERS if any(p in c.seconds for c in cells)]
     variants = any("hard labels" in c.seconds for c in cells)
     head = ["function", "N x C", "dtype", "fastxent"] + [f"x vs {p}" for p in peers] + ["x copy", "x exp"]
     head += ["cost"] if variants else []
@@ -338,8 +387,10 @@ def plot(cells: List[Cell], path: str) -> None:
         ax.set_title(f"{name}, float32")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(f"fastxent on {platform.processor() or platform.machine()}, "
-                 f"{__import__('os').cpu_count()} cores (lower is better)")
+    info = machine()
+    fig.suptitle(f"fastxent on {info['cpu_model']} ({info['llvm_cpu']}, "
+                 f"{' '.join(info['isa'][:3])}), {info['threads']['numba']} threads "
+                 "(lower is better)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -392,20 +443,18 @@ def main(argv: Optional[List[str]] = None) -> int:
         functions = args.functions or FULL_FUNCTIONS
         shapes, rounds = SHAPES, args.rounds or 9
     if args.shapes:
-        try:
-            shapes = [tuple(int(v) for v in s.lower().split("x")) for s in args.shapes]
-        except ValueError:
-            parser.error(f"--shapes takes NxC values such as 4096x1000, got {args.shapes}")
+        shapes = parse_shapes(parser, args.shapes)
     cells = run(functions, shapes, [np.dtype(d) for d in args.dtype], rounds, not args.no_peers)
+    info = machine()  # after the run: the thread counts and layer actually used
+    print(format_machine(info))
     print(format_table(cells))
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"machine": platform.platform(), "cells": [c.__dict__ for c in cells]}, fh,
-                      indent=1)
+            json.dump({"machine": info, "cells": [c.__dict__ for c in cells]}, fh, indent=1)
         print(f"wrote {args.json}", file=sys.stderr)
     if args.markdown:
         with open(args.markdown, "w") as fh:
-            fh.write(format_markdown(cells))
+            fh.write(format_markdown(cells) + f"\nMeasured on: {format_machine(info)}\n")
         print(f"wrote {args.markdown}", file=sys.stderr)
     if args.plot:
         plot(cells, args.plot)

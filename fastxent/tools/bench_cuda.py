@@ -40,6 +40,8 @@ from typing import Callable, List, Optional
 
 import numpy as np
 
+from fastxent.tools._harness import parse_shapes
+
 DEFAULT_SHAPES = [(8192, 32000), (16384, 131072), (65536, 10)]
 QUICK_SHAPES = [(1024, 32000), (65536, 10)]
 CHECK_ROWS = 64  # rows compared with the CPU reference
@@ -262,10 +264,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--markdown", metavar="FILE", help="append the report as markdown (docs/gpu.md)")
     args = parser.parse_args(argv)
     if args.shapes:
-        try:
-            shapes = [tuple(int(v) for v in s.lower().split("x")) for s in args.shapes]
-        except ValueError:
-            parser.error(f"--shapes takes NxC values such as 8192x32000, got {args.shapes}")
+        shapes = parse_shapes(parser, args.shapes, example="8192x32000")
     else:
         shapes = QUICK_SHAPES if args.quick else DEFAULT_SHAPES
     rounds = args.rounds or (3 if args.quick else 7)

@@ -238,40 +238,56 @@ def lazy_logits(n_rows, n_classes, row_chunk, class_chunk):
     return da.block(blocks)
 
 
-def bench_logits(gib, n_classes, out):
+def bench_logits(gib, compare_gib, n_classes, out):
+    """The four cases on ``compare_gib`` GiB (after a warm-up call that loads
+    or compiles the kernels), then fastxent classes-chunked alone on ``gib``
+    GiB (more than the machine's memory), with the peak resident memory."""
     import dask
-    import dask.array as da
 
     import fastxent as fx
 
-    n_rows = int(gib * 2**30 / (4 * n_classes))
     row_chunk = 2048
-    labels = da.from_array(np.arange(n_rows, dtype=np.int64) % n_classes, chunks=row_chunk)
+
+    def graph(case, n_rows):
+        import dask.array as da
+
+        labels = da.from_array(np.arange(n_rows, dtype=np.int64) % n_classes, chunks=row_chunk)
+        chunk = 8192 if case in ("generation", "classes") else n_classes
+        x = lazy_logits(n_rows, n_classes, row_chunk, chunk)
+        if case == "generation":
+            return x, x.sum(dtype=np.float64)
+        if case == "reference":
+            return x, (x.map_blocks(_reference_block_sum, labels[:, None], drop_axis=1,
+                                    dtype=np.float64).sum() / n_rows)
+        return x, fx.cross_entropy(x, labels)
+
+    names = {"generation": "generation only (sum of the logits)",
+             "classes": "fastxent, classes chunked (4 x 8192)",
+             "rows": "fastxent, rows chunked",
+             "reference": "da.map_blocks(reference.cross_entropy), rows chunked"}
     rows = []
+
+    def run(case, size_gib):
+        n_rows = max(row_chunk, int(size_gib * 2**30 / (4 * n_classes)) // row_chunk * row_chunk)
+        graph(case, row_chunk)[1].compute()  # warm-up: kernels loaded or compiled
+        x, g = graph(case, n_rows)
+        start = time.perf_counter()
+        value = float(g.compute())
+        seconds = time.perf_counter() - start
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        row = dict(case=names[case], gib=x.nbytes / 2**30, seconds=seconds,
+                   gib_per_s=x.nbytes / 2**30 / seconds, value=value, peak_rss_gib=peak / 2**20)
+        rows.append(row)
+        print(f"  {row['case']:<55} {row['gib']:6.1f} GiB in {seconds:7.1f} s = "
+              f"{row['gib_per_s']:.3f} GiB/s  peak RSS so far {row['peak_rss_gib']:.2f} GiB  "
+              f"value {value:.8g}", file=out, flush=True)
+
     with dask.config.set(scheduler="threads", num_workers=2):
-        cases = [
-            ("generation only (sum of the logits)", lambda x: x.sum(dtype=np.float64), 8192),
-            ("fastxent, classes chunked (4 x 8192)", lambda x: fx.cross_entropy(x, labels), 8192),
-            ("fastxent, rows chunked", lambda x: fx.cross_entropy(x, labels), n_classes),
-            ("da.map_blocks(reference.cross_entropy), rows chunked",
-             lambda x: x.map_blocks(_reference_block_sum, labels[:, None], drop_axis=1,
-                                    dtype=np.float64).sum() / n_rows, n_classes),
-        ]
-        for name, fn, class_chunk in cases:
-            x = lazy_logits(n_rows, n_classes, row_chunk, class_chunk)
-            before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            start = time.perf_counter()
-            value = float(fn(x).compute())
-            seconds = time.perf_counter() - start
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            row = dict(case=name, gib=x.nbytes / 2**30, seconds=seconds,
-                       gib_per_s=x.nbytes / 2**30 / seconds, value=value,
-                       peak_rss_gib=peak / 2**20, peak_before_gib=before / 2**20)
-            rows.append(row)
-            print(f"  {name:<55} {row['gib']:.1f} GiB in {seconds:7.1f} s = "
-                  f"{row['gib_per_s']:.2f} GiB/s  peak RSS {row['peak_rss_gib']:.2f} GiB  "
-                  f"value {value:.8g}", file=out, flush=True)
-    return dict(n_rows=n_rows, n_classes=n_classes, row_chunk=row_chunk, rows=rows)
+        for case in ("generation", "classes", "rows", "reference"):
+            run(case, compare_gib)
+        if gib:
+            run("classes", gib)
+    return dict(n_classes=n_classes, row_chunk=row_chunk, rows=rows)
 
 
 def _reference_block_sum(x, t):
@@ -319,7 +335,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="rows of the full-fit comparison with scikit-learn (0: skip)")
     parser.add_argument("--dask-ml-rows", type=int, default=400_000)
     parser.add_argument("--logits-gib", type=float, default=32.0,
-                        help="size of the lazily generated logits (32 GiB)")
+                        help="size of the large class-chunked run (32 GiB; 0: skip)")
+    parser.add_argument("--compare-gib", type=float, default=1.0,
+                        help="size for the four-way throughput comparison (1 GiB)")
     parser.add_argument("--logits-classes", type=int, default=32768)
     parser.add_argument("--json", default=None)
     parser.add_argument("--plot", default=None)
@@ -338,7 +356,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if "logits" in args.parts:
         print("cross-entropy over lazily generated logits (threaded scheduler, 2 threads):",
               file=out)
-        result["logits"] = bench_logits(args.logits_gib, args.logits_classes, out)
+        result["logits"] = bench_logits(args.logits_gib, args.compare_gib, args.logits_classes,
+                                        out)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)

@@ -24,66 +24,19 @@ PyTorch and scikit-learn parts are skipped, with a note, when not installed.
 from __future__ import annotations
 
 import argparse
-import gc
-import os
 import sys
-import time
 import warnings
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 
 import fastxent as fx
+from fastxent.tools._harness import (PeakRSS, extra_bytes, interleaved, parse_shapes,
+                                     softmax_objective, timed)
 
 
 def _say(text: str) -> None:
     print(text, flush=True)
-
-
-# ------------------------------------------------------------ peak memory
-class PeakRSS:
-    """The process's resident-set high-water mark above a starting point."""
-
-    @staticmethod
-    def available() -> bool:
-        return os.path.exists("/proc/self/clear_refs") and os.access("/proc/self/clear_refs", os.W_OK)
-
-    @staticmethod
-    def _status(field: str) -> int:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-        raise RuntimeError(f"{field} not in /proc/self/status")
-
-    def reset(self) -> None:
-        gc.collect()
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")  # resets VmHWM to the current RSS
-        self.start = self._status("VmRSS")
-
-    def above_start(self) -> int:
-        return self._status("VmHWM") - self.start
-
-
-def _nbytes(result) -> int:
-    if isinstance(result, (tuple, list)):
-        return sum(_nbytes(r) for r in result)
-    if hasattr(result, "nbytes"):
-        return int(result.nbytes)
-    if hasattr(result, "element_size"):  # a torch tensor
-        return int(result.numel() * result.element_size())
-    return 0
-
-
-def _extra_bytes(call: Callable[[], object]) -> int:
-    """Peak bytes a call adds above what was resident before it, minus what it returns."""
-    meter = PeakRSS()
-    meter.reset()
-    result = call()
-    extra = meter.above_start() - _nbytes(result)
-    del result
-    return max(extra, 0)
 
 
 def _problem(n: int, d: int, c: int, dtype, seed: int = 0):
@@ -124,7 +77,7 @@ def measure_memory(n: int, d: int, c: int) -> Dict[str, float]:
         return {}
     fx.linear_cross_entropy_with_grad(x[:64], W, y[:64], bias=b)  # compile outside the meter
     out = {"logits_mb": logits_bytes / 1e6}
-    extra = _extra_bytes(lambda: fx.linear_cross_entropy_with_grad(x, W, y, bias=b))
+    extra = extra_bytes(lambda: fx.linear_cross_entropy_with_grad(x, W, y, bias=b))
     out["fastxent_mb"] = extra / 1e6
     _say(f"  fastxent.linear_cross_entropy_with_grad: {extra / 1e6:8.1f} MB above inputs and "
          f"outputs = {extra / logits_bytes:.3f} x the logits (goal <= 0.125)")
@@ -134,23 +87,11 @@ def measure_memory(n: int, d: int, c: int) -> Dict[str, float]:
     else:
         small = _torch_pipeline(x[:64], W, b, y[:64])
         small()
-        extra = _extra_bytes(run)
+        extra = extra_bytes(run)
         out["torch_mb"] = extra / 1e6
         _say(f"  PyTorch matmul -> F.cross_entropy -> backward: {extra / 1e6:8.1f} MB "
              f"= {extra / logits_bytes:.2f} x the logits")
     return out
-
-
-def _interleaved(impls: Dict[str, Callable[[], object]], rounds: int) -> Dict[str, float]:
-    for fn in impls.values():
-        fn()
-    samples: Dict[str, List[float]] = {k: [] for k in impls}
-    for _ in range(rounds):
-        for key, fn in impls.items():
-            start = time.perf_counter()
-            fn()
-            samples[key].append(time.perf_counter() - start)
-    return {k: float(np.median(v)) for k, v in samples.items()}
 
 
 def measure_speed(n: int, d: int, c: int, rounds: int) -> Dict[str, float]:
@@ -162,7 +103,7 @@ def measure_speed(n: int, d: int, c: int, rounds: int) -> Dict[str, float]:
         impls["torch"] = run
     else:
         _say("  PyTorch: not installed")
-    times = _interleaved(impls, rounds)
+    times = interleaved(impls, rounds)
     for k, v in times.items():
         _say(f"  {k:<10} {v * 1e3:9.1f} ms")
     if "torch" in times:
@@ -192,12 +133,6 @@ def measure_agreement() -> Dict[str, float]:
     return errors
 
 
-def _objective(model, X, y, l2: float) -> float:
-    from fastxent.tools.demo import _objective as objective
-
-    return objective(model, X, y, l2)
-
-
 def measure_softmax_regression(n: int, d: int, c: int, l2: float) -> Dict[str, float]:
     try:
         from sklearn.datasets import load_digits, make_classification
@@ -218,10 +153,8 @@ def measure_softmax_regression(n: int, d: int, c: int, l2: float) -> Dict[str, f
         _say(f"  fitting {label} ...")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # LogisticRegression's ConvergenceWarning
-            start = time.perf_counter()
-            model.fit(X, y)
-            seconds = time.perf_counter() - start
-        objective = _objective(model, X, y, l2)
+            seconds = timed(lambda: model.fit(X, y))[1]
+        objective = softmax_objective(model, X, y, l2)
         rows.append((label, seconds, objective))
         _say(f"  {label:<28} {seconds:8.2f} s   objective {objective:.6f}")
     out.update(fastxent_s=rows[0][1], sklearn_s=rows[1][1], fastxent_objective=rows[0][2],
@@ -239,7 +172,7 @@ def measure_softmax_regression(n: int, d: int, c: int, l2: float) -> Dict[str, f
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         tight.fit(X, y)
-    mine, best = _objective(model, X, y, l2), _objective(tight, X, y, l2)
+    mine, best = softmax_objective(model, X, y, l2), softmax_objective(tight, X, y, l2)
     out.update(digits_objective=mine, digits_tight=best)
     _say(f"[digits] SoftmaxRegression objective {mine:.10f}, tight optimum {best:.10f}: "
          f"difference {mine - best:+.2e} (goal: |difference| <= 1e-6)")
@@ -259,11 +192,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
 
     def shape(text: str):
-        try:
-            n, d, c = (int(v) for v in text.lower().split("x"))
-        except ValueError:
-            parser.error(f"shapes are NxDxC, such as 2048x256x32000; got {text!r}")
-        return n, d, c
+        return parse_shapes(parser, [text], dims=3, example="2048x256x32000")[0]
 
     if "memory" in args.parts:
         measure_memory(*shape(args.memory_shape))

@@ -19,19 +19,7 @@ from typing import List, Optional
 
 import numpy as np
 
-
-def _objective(model, X, y, l2):
-    """Σ Lₙ + (l2/2)‖W‖² of any fitted linear softmax model (coef_, intercept_)."""
-    from fastxent import log_softmax
-
-    W = model.coef_
-    b = model.intercept_
-    if W.shape[0] == 1:  # a binary LogisticRegression: scores (0, f)
-        W = np.vstack([np.zeros_like(W), W])
-        b = np.concatenate([[0.0], b])
-    y_index = np.searchsorted(model.classes_, y)
-    losses = -log_softmax(X @ W.T + b)[np.arange(len(y)), y_index]
-    return float(losses.sum()) + 0.5 * l2 * float((model.coef_ ** 2).sum())
+from fastxent.tools._harness import softmax_objective, timed
 
 
 class _Progress(io.TextIOBase):
@@ -71,9 +59,7 @@ def _run(name, X, y, l2, args, out):
                               verbose=0 if args.quiet else 1)
     print("  fastxent.SoftmaxRegression (L-BFGS over the fused linear cross-entropy):", file=out)
     with contextlib.redirect_stdout(_Progress(out, args.every)):
-        start = time.perf_counter()
-        model.fit(X_train, y_train)
-        seconds = time.perf_counter() - start
+        seconds = timed(lambda: model.fit(X_train, y_train))[1]
     rows.append(("fastxent SoftmaxRegression", model, seconds, model.n_iter_))
 
     print("  sklearn LogisticRegression (lbfgs, default tol and max_iter) ...", file=out,
@@ -81,16 +67,14 @@ def _run(name, X, y, l2, args, out):
     lr = LogisticRegression(C=1 / l2)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # ConvergenceWarning at max_iter=100 is expected
-        start = time.perf_counter()
-        lr.fit(X_train, y_train)
-        seconds = time.perf_counter() - start
+        seconds = timed(lambda: lr.fit(X_train, y_train))[1]
     rows.append(("sklearn LogisticRegression", lr, seconds, int(np.max(lr.n_iter_))))
 
     print(f"  {'model':<28} {'test acc':>8} {'objective (train)':>20} {'iters':>6} "
           f"{'time':>9}", file=out)
     for label, m, seconds, iters in rows:
         acc = float((m.predict(X_test) == y_test).mean())
-        obj = _objective(m, X_train, y_train, l2)
+        obj = softmax_objective(m, X_train, y_train, l2)
         print(f"  {label:<28} {acc:8.4f} {obj:20.10f} {iters:6d} {seconds:8.3f}s", file=out)
     speedup = rows[1][2] / rows[0][2]
     print(f"  SoftmaxRegression is {speedup:.1f}x the speed of LogisticRegression here", file=out)
