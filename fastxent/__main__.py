@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import List, Optional
 
-USAGE = """usage: python -m fastxent {bench,bench-linear,bench-torch,demo} [options]
+USAGE = """usage: python -m fastxent {bench,bench-linear,bench-torch,bench-dask,demo} [options]
 
   bench         time every kernel against NumPy, PyTorch and JAX (--quick, --json, --plot,
                 --device cuda); see `python -m fastxent bench --help`
@@ -13,8 +13,11 @@ USAGE = """usage: python -m fastxent {bench,bench-linear,bench-torch,demo} [opti
                 SoftmaxRegression against LogisticRegression
   bench-torch   fastxent.torch's CrossEntropyLoss and LinearCrossEntropyLoss against PyTorch
                 eager, torch.compile and F.linear_cross_entropy (time and peak memory)
+  bench-dask    the Dask backend: distributed fit against N, against scikit-learn and
+                dask-ml, cross-entropy over lazily generated logits larger than memory
   demo          train SoftmaxRegression on the digits data and a synthetic set, beside
-                scikit-learn's LogisticRegression
+                scikit-learn's LogisticRegression; --dask: across a Dask cluster (a LocalCluster,
+                or --scheduler ADDRESS) on data larger than one worker's memory
 """
 
 
@@ -36,6 +39,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         from fastxent.tools import bench_torch
 
         return bench_torch.main(rest)
+    if command == "bench-dask":
+        from fastxent.tools import bench_dask
+
+        return bench_dask.main(rest)
     if command == "demo":
         from fastxent.tools import demo
 

@@ -42,6 +42,7 @@ from fastxent import _checks as checks
 from fastxent._api import (check_labels, class_weight, cross_entropy, cross_entropy_with_grad,
                            grad_scale)
 from fastxent._backend import Reduction, backend_of, cpu_backend, is_cuda_array
+from fastxent._backend import _is_dask_collection
 
 __all__ = ["linear_cross_entropy", "linear_cross_entropy_with_grad", "auto_chunk_rows",
            "LinearProblem", "run"]
@@ -432,6 +433,12 @@ def linear_cross_entropy(x: ArrayLike, W: ArrayLike, target: ArrayLike, *,
     >>> round(float(fx.linear_cross_entropy(x, W, np.array([0, 1]))), 6)
     0.126928
     """
+    if any(_is_dask_collection(a) for a in (x, W, target, bias)):  # lazy graphs (fastxent.dask)
+        from fastxent import dask as dask_backend
+
+        return dask_backend.linear_cross_entropy(
+            x, W, target, bias=bias, l2=l2, weight=weight, ignore_index=ignore_index,
+            reduction=reduction, label_smoothing=label_smoothing, chunk_size=chunk_size)
     _refuse_cuda(x, W, target, bias)
     p = LinearProblem.from_arguments(x, W, target, bias=bias, l2=l2, weight=weight,
                                      ignore_index=ignore_index, reduction=reduction,
@@ -455,6 +462,13 @@ def linear_cross_entropy_with_grad(x: ArrayLike, W: ArrayLike, target: ArrayLike
     per chunk of rows; the extra memory is one chunk of logits and one (C, D)
     block.
     """
+    if any(_is_dask_collection(a) for a in (x, W, target, bias)):  # lazy graphs (fastxent.dask)
+        from fastxent import dask as dask_backend
+
+        return dask_backend.linear_cross_entropy_with_grad(
+            x, W, target, bias=bias, l2=l2, weight=weight, ignore_index=ignore_index,
+            reduction=reduction, label_smoothing=label_smoothing, grad_output=grad_output,
+            chunk_size=chunk_size)
     _refuse_cuda(x, W, target, bias)
     p = LinearProblem.from_arguments(x, W, target, bias=bias, l2=l2, weight=weight,
                                      ignore_index=ignore_index, reduction=reduction,

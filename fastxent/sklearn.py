@@ -52,6 +52,7 @@ except ImportError:  # pragma: no cover
 
 from fastxent import _linear
 from fastxent._api import log_softmax, softmax
+from fastxent._backend import _is_dask_collection as _is_dask
 
 __all__ = ["SoftmaxRegression"]
 
@@ -73,17 +74,35 @@ def _whitening(X, s, mu, weight_total, l2, n_classes):
         for start in range(0, n, 8192):
             Z = X[start:start + 8192] - mu
             var += s[start:start + 8192] @ (Z * Z)
-        var /= weight_total
-        scale = 1.0 / np.sqrt(var + max(eps, 1e-12 * max(var.max(initial=0.0), 1e-300)))
-        return scale, 1.0 / scale  # diagonal: W = V * scale
+        return _whitening_factors(var / weight_total, eps)
     cov = np.zeros((d, d))
     for start in range(0, n, 8192):
         Z = (X[start:start + 8192] - mu) * np.sqrt(s[start:start + 8192])[:, None]
         cov += Z.T @ Z
-    cov /= weight_total
+    return _whitening_factors(cov / weight_total, eps)
+
+
+def _whitening_factors(moment, eps):
+    """(M, M^-T) from the covariance (2-D) or the variances (1-D: a diagonal
+    scaling) of the features, regularised by ``eps`` (see ``_whitening``)."""
+    if moment.ndim == 1:
+        var = moment
+        scale = 1.0 / np.sqrt(var + max(eps, 1e-12 * max(var.max(initial=0.0), 1e-300)))
+        return scale, 1.0 / scale  # diagonal: W = V * scale
+    cov = moment
     lam, U = np.linalg.eigh(cov)
     lam = np.maximum(lam, 0.0) + max(eps, 1e-12 * max(lam.max(initial=0.0), 1e-300))
     return U / np.sqrt(lam), U * np.sqrt(lam)
+
+
+def _initial_intercept(class_weights):
+    """The best intercept for W = 0 (log class frequencies, centred) from the
+    summed sample weight of each class; absent classes get -30."""
+    freq = class_weights / class_weights.sum()
+    with np.errstate(divide="ignore"):
+        log_freq = np.log(freq)
+    finite = np.isfinite(log_freq)
+    return np.where(finite, log_freq - log_freq[finite].mean(), -30.0)
 
 
 def _right_multiply(A, M, transpose=False):
@@ -150,6 +169,20 @@ class _Objective:
     def __call__(self, theta):
         self.n_evaluations += 1
         W, b = self.to_model(theta)
+        value, dW, db = self.data_terms(W, b)
+        # chain rule to θ: ∂J/∂V = (dW − db μᵀ) M, ∂J/∂c = db
+        grad = np.empty(self.size)
+        C, D = self.n_classes, self.n_features
+        gV = dW
+        if self.fit_intercept:
+            gV = dW - np.outer(db, self.mu)
+            grad[C * D:] = db
+        grad[: C * D] = _right_multiply(gV, self.M).ravel()
+        self.last = (theta.copy(), value, grad)
+        return value, grad
+
+    def data_terms(self, W, b):
+        """(J / Σs, ∂(J / Σs)/∂W, ∂(J / Σs)/∂b) at (W, b): one pass over the data."""
         p = self.problem
         p.set_parameters(W, b)
         if self.sample_weight is None:
@@ -164,16 +197,7 @@ class _Objective:
             value = float(self.row_scale @ losses)
             value += 0.5 * self.l2 * float(np.sum(W * W)) / self.weight_total
             dW += (self.l2 / self.weight_total) * W
-        # chain rule to θ: ∂J/∂V = (dW − db μᵀ) M, ∂J/∂c = db
-        grad = np.empty(self.size)
-        C, D = self.n_classes, self.n_features
-        gV = dW
-        if self.fit_intercept:
-            gV = dW - np.outer(db, self.mu)
-            grad[C * D:] = db
-        grad[: C * D] = _right_multiply(gV, self.M).ravel()
-        self.last = (theta.copy(), value, grad)
-        return value, grad
+        return value, dW, db
 
 
 class SoftmaxRegression(ClassifierMixin, BaseEstimator):
@@ -232,6 +256,11 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
         label type), optionally weighting each sample."""
         if hasattr(self, "_validate_params"):
             self._validate_params()
+        if _is_dask(X) or _is_dask(y):  # trained across the cluster (fastxent.dask)
+            from fastxent.dask import distributed_objective
+
+            fun, theta0 = distributed_objective(self, X, y, sample_weight)
+            return self._minimize(fun, theta0, small=False)
         X, y = _validate_data(self, X, y, dtype=np.float64, order="C",
                               accept_sparse=False, y_numeric=False)
         check_classification_targets(y)
@@ -256,14 +285,18 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
 
         fun = _Objective(X, y_index, weights, n_classes, float(self.l2), bool(self.fit_intercept))
         theta0 = np.zeros(fun.size)
-        if self.fit_intercept:  # the best intercept for W = 0: log class frequencies
+        if self.fit_intercept:
             s = np.ones(len(y_index)) if weights is None else weights
-            freq = np.bincount(y_index, weights=s, minlength=n_classes) / s.sum()
-            with np.errstate(divide="ignore"):
-                log_freq = np.log(freq)
-            finite = np.isfinite(log_freq)
-            theta0[-n_classes:] = np.where(finite, log_freq - log_freq[finite].mean(), -30.0)
+            theta0[-n_classes:] = _initial_intercept(np.bincount(y_index, weights=s,
+                                                                 minlength=n_classes))
+        # Small problems run BLAS on one thread: waking a thread pool for a
+        # (2000 x 64) GEMM costs more than the GEMM (and far more on a busy machine).
+        return self._minimize(fun, theta0,
+                              small=X.shape[0] * X.shape[1] * n_classes < _SMALL_PROBLEM)
 
+    def _minimize(self, fun, theta0, small):
+        """L-BFGS on ``fun`` (an _Objective) from ``theta0``; sets the fitted attributes."""
+        n_classes = fun.n_classes
         start = time.perf_counter()
         state = {"iteration": 0}
         verbose = int(self.verbose)
@@ -279,9 +312,6 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
                       f"objective {value * fun.weight_total:.12g}  max|grad| {gmax:.2e}  "
                       f"time {time.perf_counter() - start:.3f}s", flush=True)
 
-        # Small problems run BLAS on one thread: waking a thread pool for a
-        # (2000 x 64) GEMM costs more than the GEMM (and far more on a busy machine).
-        small = X.shape[0] * X.shape[1] * n_classes < _SMALL_PROBLEM
         with threadpool_limits(1 if small else None, user_api="blas"):
             result = minimize(fun, theta0, method="L-BFGS-B", jac=True, callback=callback,
                               options={"maxiter": int(self.max_iter), "gtol": float(self.tol),
@@ -298,12 +328,16 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
                   f"objective {self.objective_:.10g}", flush=True)
         if not result.success and result.nit >= self.max_iter:
             warnings.warn(f"SoftmaxRegression: L-BFGS did not converge in {self.max_iter} "
-                          "iterations; increase max_iter", ConvergenceWarning, stacklevel=2)
+                          "iterations; increase max_iter", ConvergenceWarning, stacklevel=3)
         return self
 
     # -------------------------------------------------------------- predict
     def _scores(self, X):
         check_is_fitted(self)
+        if _is_dask(X):  # lazy: a Dask array of scores, chunked along the rows
+            from fastxent.dask import linear_scores
+
+            return linear_scores(X, self.coef_, self.intercept_, self.n_features_in_)
         X = _validate_data(self, X, dtype=np.float64, accept_sparse=False, reset=False)
         return X @ self.coef_.T + self.intercept_
 
@@ -327,7 +361,17 @@ class SoftmaxRegression(ClassifierMixin, BaseEstimator):
     def predict(self, X):
         """The most probable class of each sample."""
         scores = self._scores(X)
+        if _is_dask(scores):
+            return scores.argmax(axis=1).map_blocks(self.classes_.take, dtype=self.classes_.dtype)
         return self.classes_[np.argmax(scores, axis=1)]
+
+    def score(self, X, y, sample_weight=None):
+        """Mean accuracy on (X, y); a lazy 0-d Dask array when X or y is one."""
+        if _is_dask(X) or _is_dask(y):
+            from fastxent.dask import accuracy
+
+            return accuracy(self.predict(X), y, sample_weight)
+        return super().score(X, y, sample_weight=sample_weight)
 
     def objective(self, X, y, sample_weight=None):
         """J(coef_, intercept_) = Σ sₙ Lₙ + (l2/2)‖coef_‖² on (X, y) (labels in

@@ -408,6 +408,10 @@ def test_gradcheck_float64():
                                                           chunk_size=4), (h, W, b))
     # the softmax family's backward is made of torch ops: second derivatives too
     assert torch.autograd.gradgradcheck(lambda x: xt.log_softmax(x, 1), (x,))
+    # the losses refuse a graph-building backward instead of a silently wrong second derivative
+    with pytest.raises(RuntimeError, match="double backward"):
+        gx, = torch.autograd.grad(xt.cross_entropy(x, labels), x, create_graph=True)
+        gx.sum().backward()
 
 
 def test_torch_compile_fullgraph_matches_eager():

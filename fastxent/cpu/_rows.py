@@ -31,7 +31,7 @@ label row's excess costs nothing: its target's exponential is set to 0 for
 the row sum (its index is known).  A max-shifted row's excess is d - 1 from
 the full sum d where that is exact enough (d >= 2: log d >= log 2 keeps its
 relative precision), and is summed again without the max's term only where
-d < 2 (one term dominating: :func:`max_excess`).
+d < 2 (one term dominating: :func:`excess_from_sum`).
 
 The exponentials are ``fast_exp_shifted``: exact for x - shift <= 0 (the
 max shift) and up to 44 (float32), +inf beyond, so a target-shifted row
@@ -217,8 +217,25 @@ def row_excess(x, i, shift, k, e, r):
     exponentials e[r] when the block keeps them (e has rows), else
     recomputed around column k."""
     if e.shape[0] == 0:
-        return range_sum_exp(x, i, shift, 0, k) + range_sum_exp(x, i, shift, k + 1, x.shape[1])
+        return row_sum_exp_without(x, i, shift, k)
     return row_sum_without(e, r, k)
+
+
+@helper
+def row_sum_exp_without(x, i, shift, k):
+    """sum_{j != k} exp(x[i, j] - shift) for k >= 0, as a float64, nothing
+    stored: one pass with the k-th term selected away.  (Two sums split at k
+    gave each half a scalar loop tail of up to 63 elements with AVX-512.)"""
+    n = x.shape[1]
+    skip = U(k)
+    s = 0.0
+    for start in range(0, n, SUM_BLOCK):
+        block = x.dtype.type(0.0)
+        for j in range(U(start), U(min(start + SUM_BLOCK, n))):
+            term = fast_exp_shifted(x[i, j] - shift)
+            block += term if j != skip else x.dtype.type(0.0)
+        s += np.float64(block)
+    return s
 
 
 @helper

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -33,45 +32,28 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from fastxent.tools.bench_linear import PeakRSS, _extra_bytes
+from fastxent.tools._harness import PeakRSS, extra_bytes, interleaved, parse_shapes
 
 
 def _say(text: str) -> None:
     print(text, flush=True)
 
 
-def machine() -> str:
-    """CPU model, logical CPUs, and the thread counts in use."""
-    import numba
-    import torch
+def machine() -> dict:
+    """The shared machine record of ``python -m fastxent bench`` (with torch imported)."""
+    import torch  # noqa: F401  (so that the record names its version and threads)
 
-    model = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return (f"{model}, {os.cpu_count()} logical CPUs; torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), numba {numba.__version__} "
-            f"({numba.get_num_threads()} threads)")
+    from fastxent.tools.bench import machine as bench_machine
+
+    return bench_machine()
 
 
 def _interleaved(impls: Dict[str, Callable[[], object]], rounds: int) -> Dict[str, float]:
-    """Median seconds of each call, the calls interleaved round by round
-    (after two warm-up calls each: JIT and torch.compile out of the way)."""
+    """Median seconds per call, interleaved rounds, after an extra warm-up
+    call each (torch.compile's first calls recompile)."""
     for fn in impls.values():
         fn()
-        fn()
-    samples: Dict[str, List[float]] = {k: [] for k in impls}
-    for _ in range(rounds):
-        for key, fn in impls.items():
-            start = time.perf_counter()
-            fn()
-            samples[key].append(time.perf_counter() - start)
-    return {k: float(np.median(v)) for k, v in samples.items()}
+    return interleaved(impls, rounds)
 
 
 # ------------------------------------------------------------ cross-entropy
@@ -155,7 +137,7 @@ def memory_child(impl: str, n: int, d: int, c: int) -> None:
     """(Run in a fresh process) print the extra bytes of one linear variant."""
     fn = linear_impls(n, d, c)[impl]
     fn()  # JIT, first-touch of the inputs
-    print(json.dumps({"extra_bytes": _extra_bytes(fn)}))
+    print(json.dumps({"extra_bytes": extra_bytes(fn)}))
 
 
 def measure_memory_in_child(impl: str, n: int, d: int, c: int) -> int:
@@ -207,40 +189,35 @@ def bench_linear(shapes: List[Tuple[int, int, int]], rounds: int, memory: bool) 
     return rows
 
 
-def _shapes(text: str, size: int) -> List[tuple]:
-    out = []
-    for item in text.split(","):
-        dims = tuple(int(v) for v in item.lower().split("x"))
-        if len(dims) != size:
-            raise argparse.ArgumentTypeError(f"expected {size} numbers joined by 'x', got {item!r}")
-        out.append(dims)
-    return out
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fastxent bench-torch", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ce-shapes", type=lambda s: _shapes(s, 2),
-                        default=[(4096, 1000), (1024, 32000), (256, 128000)])
-    parser.add_argument("--linear-shapes", type=lambda s: _shapes(s, 3),
-                        default=[(2048, 256, 32000), (8192, 256, 32000)])
+    parser.add_argument("--ce-shapes", nargs="+", default=["4096x1000", "1024x32000", "256x128000"],
+                        metavar="NxC")
+    parser.add_argument("--linear-shapes", nargs="+", default=["2048x256x32000", "8192x256x32000"],
+                        metavar="NxDxC")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     parser.add_argument("--skip", choices=["ce", "linear"], action="append", default=[])
     parser.add_argument("--json", metavar="FILE", help="write the measurements as JSON")
     args = parser.parse_args(argv)
+    ce_shapes = parse_shapes(parser, args.ce_shapes)
+    linear_shapes = parse_shapes(parser, args.linear_shapes, dims=3, example="2048x256x32000")
     try:
         import torch  # noqa: F401
     except ImportError:
         _say("bench-torch needs PyTorch (pip install 'fastxent[torch]')")
         return 1
     warnings.filterwarnings("ignore", category=UserWarning)
-    _say(f"machine: {machine()}")
-    results = {"machine": machine()}
+    from fastxent.tools.bench import format_machine
+
+    info = machine()
+    _say(f"machine: {format_machine(info)}")
+    results = {"machine": info}
     if "ce" not in args.skip:
-        results["cross_entropy"] = bench_cross_entropy(args.ce_shapes, args.rounds)
+        results["cross_entropy"] = bench_cross_entropy(ce_shapes, args.rounds)
     if "linear" not in args.skip:
-        results["linear_cross_entropy"] = bench_linear(args.linear_shapes, args.rounds,
+        results["linear_cross_entropy"] = bench_linear(linear_shapes, args.rounds,
                                                        memory=not args.no_memory)
     if args.json:
         with open(args.json, "w") as fh:

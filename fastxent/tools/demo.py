@@ -82,6 +82,10 @@ def _run(name, X, y, l2, args, out):
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    if argv is not None and "--dask" in argv:  # across a Dask cluster: fastxent/tools/demo_dask.py
+        from fastxent.tools import demo_dask
+
+        return demo_dask.main(argv)
     parser = argparse.ArgumentParser(
         prog="python -m fastxent demo",
         description="SoftmaxRegression (fastxent) beside LogisticRegression (scikit-learn) "
@@ -98,6 +102,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="print every N-th iteration's progress line (25)")
     parser.add_argument("--quiet", action="store_true", help="no per-iteration progress")
     parser.add_argument("--skip-synthetic", action="store_true", help="digits only")
+    parser.add_argument("--dask", action="store_true",
+                        help="train across a Dask cluster instead (see --dask --help)")
     args = parser.parse_args(argv)
     try:
         from sklearn.datasets import load_digits, make_classification

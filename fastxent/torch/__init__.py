@@ -20,7 +20,7 @@ and on CUDA), results cast back to bfloat16.
 ``torch.func`` transforms (grad, vmap, jvp, ...) are refused with a clear
 NotImplementedError (the kernels read plain tensors); use ``loss.backward()``
 or ``torch.autograd.grad``.  Higher-order gradients of the losses are not
-supported (the saved gradient is a constant); softmax, log_softmax and
+supported and raise RuntimeError (create_graph=True); softmax, log_softmax and
 logsumexp have torch-op backwards and do support them.
 """
 

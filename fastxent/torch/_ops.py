@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 from torch.autograd.graph import increment_version
 
-import fastxent as fx
+from fastxent import _api as fx  # the public functions (the package front door re-exports them)
 from fastxent import _linear
 from fastxent.torch._convert import (empty_placeholder, kernel_array, optional_kernel_array,
                                      result_tensor)
@@ -52,6 +52,21 @@ _CONSUMED = (
     "place). Backward through it only once, or use inplace_backward=False to allow "
     "retain_graph=True."
 )
+
+
+_NO_DOUBLE_BACKWARD = (
+    "fastxent.torch: double backward (create_graph=True through a loss) is not supported: the "
+    "gradient comes from a fused kernel and its own derivative is not implemented; use "
+    "torch.nn.functional for higher-order gradients"
+)
+
+
+def _refuse_double_backward(grad_output: Tensor) -> None:
+    """A backward that builds a graph (``create_graph=True``) would silently treat
+    the saved gradient as a constant: refuse it."""
+    if torch.is_grad_enabled() and not torch.compiler.is_compiling() and \
+            not isinstance(grad_output, torch._subclasses.fake_tensor.FakeTensor):
+        raise RuntimeError(_NO_DOUBLE_BACKWARD)
 
 
 def _is_unit(grad_output: Tensor) -> bool:
@@ -145,6 +160,7 @@ def _saved_gradient(ctx) -> Tensor:
 def _cross_entropy_backward(ctx, grad_loss, _grad_of_grad):
     if grad_loss is None:  # the loss did not reach the outputs being differentiated
         return None, None, None, None, None, None, None
+    _refuse_double_backward(grad_loss)
     return _scaled(_saved_gradient(ctx), grad_loss, in_place=False), None, None, None, None, None, None
 
 
@@ -187,6 +203,7 @@ class CrossEntropyInPlace(torch.autograd.Function):
         grad = ctx.gradient
         if grad is None:
             raise RuntimeError(_CONSUMED)
+        _refuse_double_backward(grad_loss)
         ctx.gradient = None  # consumed; also drops this reference to the storage
         return _scaled(grad, grad_loss, in_place=True), None, None, None, None, None
 
@@ -547,6 +564,7 @@ def _linear_setup(ctx, inputs, output):
 def _linear_backward(ctx, grad_loss, *_grads_of_grads):
     if grad_loss is None:
         return (None,) * 11
+    _refuse_double_backward(grad_loss)
     if ctx.reduction == "none":
         input, linear_weight, target, linear_bias, weight = ctx.saved_tensors
         dx, dW, db = linear_cross_entropy_backward(input, linear_weight, target, linear_bias,

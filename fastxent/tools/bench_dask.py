@@ -1,0 +1,370 @@
+"""``python -m fastxent bench-dask``: the Dask backend's measurements (issue 15).
+
+* ``fit``: per-evaluation time of the distributed SoftmaxRegression objective
+  against N on a 2-worker LocalCluster (1 thread each), beside the in-process
+  fused objective on the same data (same 2 cores), interleaved; bytes moved per
+  evaluation; then full fits against scikit-learn's LogisticRegression in one
+  process.
+* ``dask-ml``: time to the same binary objective against dask-ml's
+  ``LogisticRegression(solver="lbfgs")`` on the same cluster (dask-ml fits
+  two classes only).
+* ``logits``: cross-entropy over a lazily generated float32 logits array
+  larger than the machine's memory (classes chunked and rows chunked) against
+  ``da.map_blocks`` of the NumPy reference, with the peak resident memory.
+
+``--json FILE`` writes the figures; ``--plot FILE`` draws the fit scaling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import resource
+import sys
+import time
+from typing import List, Optional
+
+import numpy as np
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _cluster(memory_limit="4GiB"):
+    import dask
+    from distributed import Client, LocalCluster
+
+    with dask.config.set({"distributed.worker.memory.target": False,
+                          "distributed.worker.memory.spill": False}):
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                               memory_limit=memory_limit, dashboard_address=None,
+                               silence_logs=logging.ERROR)
+    return cluster, Client(cluster)
+
+
+def _data(n, d, c, seed=0):
+    from fastxent.tools.demo_dask import lazy_dataset
+
+    return lazy_dataset(n, d, c, max(n // 8, 1), seed)  # 8 blocks: 4 per worker
+
+
+# ------------------------------------------------------------------- fit
+def bench_fit(sizes, d, c, repeats, out, fit_rows, json_path=None):
+    import dask
+
+    from threadpoolctl import threadpool_limits
+
+    from fastxent import dask as fxd
+    from fastxent import sklearn as fsk
+
+    cluster, client = _cluster()
+    rows = []
+    try:
+        for n in sizes:
+            X, y = _data(n, d, c)
+            X, y = dask.persist(X, y)
+            Xm, ym = dask.compute(X, y)
+            dist = fxd.DistributedObjective(X, y, c, 1.0, True)
+            local = fsk._Objective(Xm, ym.astype(np.int64), None, c, 1.0, True)
+            rng = np.random.default_rng(0)
+            thetas = [rng.standard_normal(dist.size) * 0.01 for _ in range(repeats + 1)]
+            dist(thetas[0]), local(thetas[0])  # warm up (compiles, BLAS threads)
+            t_dist, t_local, t_local1 = [], [], []
+            for theta in thetas[1:]:  # interleaved
+                start = time.perf_counter()
+                v1, _ = dist(theta)
+                t_dist.append(time.perf_counter() - start)
+                start = time.perf_counter()
+                v0, _ = local(theta)
+                t_local.append(time.perf_counter() - start)
+                # the workers run BLAS on one thread (distributed's default): so does this one
+                with threadpool_limits(1, user_api="blas"):
+                    start = time.perf_counter()
+                    local(theta)
+                    t_local1.append(time.perf_counter() - start)
+                assert abs(v1 - v0) <= 1e-9 * abs(v0), (v1, v0)
+            best_local = min(float(np.median(t_local)), float(np.median(t_local1)))
+            row = dict(n=n, d=d, c=c, blocks=X.numblocks[0],
+                       distributed_s=float(np.median(t_dist)), in_process_s=best_local,
+                       in_process_blas_threads_s=float(np.median(t_local)),
+                       in_process_blas_1_thread_s=float(np.median(t_local1)),
+                       bytes_per_evaluation=dist.bytes_per_evaluation)
+            row["overhead"] = row["distributed_s"] / row["in_process_s"]
+            rows.append(row)
+            print(f"  N={n:>9}  distributed {row['distributed_s'] * 1e3:8.1f} ms  in-process "
+                  f"{row['in_process_s'] * 1e3:8.1f} ms (BLAS threads {row['in_process_blas_threads_s'] * 1e3:.0f}, "
+                  f"1 thread {row['in_process_blas_1_thread_s'] * 1e3:.0f})  ratio {row['overhead']:.2f}  "
+                  f"moved {row['bytes_per_evaluation']} B/evaluation", file=out, flush=True)
+            client.cancel([X, y])
+            if json_path:  # the figures so far, in case a long run is cut short
+                with open(json_path, "w") as f:
+                    json.dump({"scaling": rows}, f, indent=1)
+        fits = bench_full_fit(client, fit_rows, d, c, out) if fit_rows else None
+    finally:
+        client.close()
+        cluster.close()
+    return {"scaling": rows, "fits": fits}
+
+
+def bench_full_fit(client, n, d, c, out):
+    import warnings
+
+    import dask
+    from sklearn.linear_model import LogisticRegression
+
+    from fastxent.sklearn import SoftmaxRegression
+
+    X, y = _data(n, d, c)
+    X, y = dask.persist(X, y)
+    Xm, ym = dask.compute(X, y)
+    results = []
+    start = time.perf_counter()
+    model = SoftmaxRegression(l2=1.0, tol=1e-6).fit(X, y)
+    results.append(dict(model="fastxent SoftmaxRegression on Dask (2 workers)",
+                        seconds=time.perf_counter() - start, iterations=model.n_iter_,
+                        objective=model.objective_))
+    start = time.perf_counter()
+    memory = SoftmaxRegression(l2=1.0, tol=1e-6).fit(Xm, ym)
+    results.append(dict(model="fastxent SoftmaxRegression in memory (1 process)",
+                        seconds=time.perf_counter() - start, iterations=memory.n_iter_,
+                        objective=memory.objective_))
+    lr = LogisticRegression(C=1.0, max_iter=1000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        start = time.perf_counter()
+        lr.fit(Xm, ym)
+        seconds = time.perf_counter() - start
+    results.append(dict(model="sklearn LogisticRegression lbfgs (1 process)", seconds=seconds,
+                        iterations=int(np.max(lr.n_iter_)),
+                        objective=_objective(lr, Xm, ym, 1.0)))
+    for r in results:
+        print(f"  {r['model']:<50} {r['seconds']:8.2f} s  {r['iterations']:4d} iterations  "
+              f"objective {r['objective']:.10g}", file=out, flush=True)
+    return dict(n=n, d=d, c=c, results=results)
+
+
+def _objective(model, X, y, l2):
+    from fastxent.tools.demo import _objective as objective
+
+    return objective(model, X, y, l2)
+
+
+# --------------------------------------------------------------- dask-ml
+def bench_dask_ml(n, d, out):
+    import dask
+
+    try:
+        from dask_ml.linear_model import LogisticRegression as DaskMLLogisticRegression
+    except ImportError:
+        print("  dask-ml is not installed (pip install 'fastxent[dask-compare]')", file=out)
+        return None
+    from fastxent.sklearn import SoftmaxRegression
+
+    cluster, client = _cluster()
+    try:
+        X, y = _data(n, d, 2, seed=3)
+        X, y = dask.persist(X, y)
+        Xm, ym = dask.compute(X, y)
+        # Two-class softmax with penalty l2 on both rows = logistic regression with
+        # penalty l2/2 on β = w1 - w0: LogisticRegression(C = 2 / l2).
+        l2 = 1.0
+        ours = SoftmaxRegression(l2=l2, tol=1e-8).fit(X, y)  # warm-up, and the optimum
+        start = time.perf_counter()
+        ours = SoftmaxRegression(l2=l2, tol=1e-6).fit(X, y)
+        ours_s = time.perf_counter() - start
+        ours_obj = _binary_objective(ours.coef_[1] - ours.coef_[0],
+                                     ours.intercept_[1] - ours.intercept_[0], Xm, ym, l2 / 2)
+        rows = [dict(model="fastxent SoftmaxRegression (dask, lbfgs)", seconds=ours_s,
+                     iterations=ours.n_iter_, objective=ours_obj)]
+        for max_iter in (25, 100):
+            model = DaskMLLogisticRegression(solver="lbfgs", C=2.0 / l2, max_iter=max_iter,
+                                             fit_intercept=True)
+            start = time.perf_counter()
+            model.fit(X, y)
+            seconds = time.perf_counter() - start
+            coef = np.asarray(model.coef_).ravel()
+            obj = _binary_objective(coef, float(np.asarray(model.intercept_).ravel()[0]), Xm, ym,
+                                    l2 / 2)
+            rows.append(dict(model=f"dask-ml LogisticRegression(solver='lbfgs', max_iter={max_iter})",
+                             seconds=seconds, iterations=max_iter, objective=obj))
+        for r in rows:
+            print(f"  {r['model']:<58} {r['seconds']:8.2f} s  objective {r['objective']:.12g}",
+                  file=out, flush=True)
+    finally:
+        client.close()
+        cluster.close()
+    return dict(n=n, d=d, rows=rows)
+
+
+def _binary_objective(beta, intercept, X, y, penalty):
+    """Σ log(1 + exp(-s f)) + (penalty/2)|β|², f = Xβ + b, s = ±1."""
+    f = X @ beta + intercept
+    s = np.where(y == 1, 1.0, -1.0)
+    return float(np.logaddexp(0.0, -s * f).sum()) + 0.5 * penalty * float(beta @ beta)
+
+
+# ---------------------------------------------------------------- logits
+def _logits_block(block_id, rows, classes, c0):
+    """A cheap deterministic float32 block of logits (about memory speed)."""
+    rng = np.random.default_rng(block_id)
+    row_scale = rng.uniform(0.5, 4.0, rows).astype(np.float32)
+    pattern = np.sin(np.arange(c0, c0 + classes, dtype=np.float32) * np.float32(0.37))
+    return row_scale[:, None] * pattern[None, :]
+
+
+def lazy_logits(n_rows, n_classes, row_chunk, class_chunk):
+    import dask
+    import dask.array as da
+
+    blocks = []
+    for i, r0 in enumerate(range(0, n_rows, row_chunk)):
+        rows = min(row_chunk, n_rows - r0)
+        line = []
+        for c0 in range(0, n_classes, class_chunk):
+            k = min(class_chunk, n_classes - c0)
+            line.append(da.from_delayed(dask.delayed(_logits_block, pure=True)(i, rows, k, c0),
+                                        shape=(rows, k), dtype=np.float32))
+        blocks.append(line)
+    return da.block(blocks)
+
+
+def bench_logits(gib, compare_gib, n_classes, out):
+    """The four cases on ``compare_gib`` GiB (after a warm-up call that loads
+    or compiles the kernels), then fastxent classes-chunked alone on ``gib``
+    GiB (more than the machine's memory), with the peak resident memory."""
+    import dask
+
+    import fastxent as fx
+
+    row_chunk = 2048
+
+    def graph(case, n_rows):
+        import dask.array as da
+
+        labels = da.from_array(np.arange(n_rows, dtype=np.int64) % n_classes, chunks=row_chunk)
+        chunk = 8192 if case in ("generation", "classes") else n_classes
+        x = lazy_logits(n_rows, n_classes, row_chunk, chunk)
+        if case == "generation":
+            return x, x.sum(dtype=np.float64)
+        if case == "reference":
+            return x, (x.map_blocks(_reference_block_sum, labels[:, None], drop_axis=1,
+                                    dtype=np.float64).sum() / n_rows)
+        return x, fx.cross_entropy(x, labels)
+
+    names = {"generation": "generation only (sum of the logits)",
+             "classes": "fastxent, classes chunked (4 x 8192)",
+             "rows": "fastxent, rows chunked",
+             "reference": "da.map_blocks(reference.cross_entropy), rows chunked"}
+    rows = []
+
+    def run(case, size_gib):
+        n_rows = max(row_chunk, int(size_gib * 2**30 / (4 * n_classes)) // row_chunk * row_chunk)
+        graph(case, row_chunk)[1].compute()  # warm-up: kernels loaded or compiled
+        x, g = graph(case, n_rows)
+        start = time.perf_counter()
+        value = float(g.compute())
+        seconds = time.perf_counter() - start
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        row = dict(case=names[case], gib=x.nbytes / 2**30, seconds=seconds,
+                   gib_per_s=x.nbytes / 2**30 / seconds, value=value, peak_rss_gib=peak / 2**20)
+        rows.append(row)
+        print(f"  {row['case']:<55} {row['gib']:6.1f} GiB in {seconds:7.1f} s = "
+              f"{row['gib_per_s']:.3f} GiB/s  peak RSS so far {row['peak_rss_gib']:.2f} GiB  "
+              f"value {value:.8g}", file=out, flush=True)
+
+    with dask.config.set(scheduler="threads", num_workers=2):
+        for case in ("generation", "classes", "rows", "reference"):
+            run(case, compare_gib)
+        if gib:
+            run("classes", gib)
+    return dict(n_classes=n_classes, row_chunk=row_chunk, rows=rows)
+
+
+def _reference_block_sum(x, t):
+    from fastxent import reference
+
+    return np.atleast_1d(np.asarray(reference.cross_entropy(x, t[:, 0], reduction="sum"),
+                                    dtype=np.float64))
+
+
+# ------------------------------------------------------------------ main
+def _plot(result, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["fit"]["scaling"]
+    n = [r["n"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(n, [r["distributed_s"] * 1e3 for r in rows], "o-",
+            label="distributed (2 workers x 1 thread)")
+    ax.plot(n, [r["in_process_s"] * 1e3 for r in rows], "s--", label="in process (2 threads)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("rows N")
+    ax.set_ylabel("ms per objective + gradient evaluation")
+    ax.set_title(f"SoftmaxRegression objective, D={rows[0]['d']}, C={rows[0]['c']}")
+    ax.legend()
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fastxent bench-dask", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("parts", nargs="*", default=["fit", "dask-ml", "logits"],
+                        help="which: fit, dask-ml, logits (default all)")
+    parser.add_argument("--sizes", default="20000,80000,320000,1280000",
+                        help="rows for the fit scaling (comma separated)")
+    parser.add_argument("--features", type=int, default=64)
+    parser.add_argument("--classes", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--fit-rows", type=int, default=400_000,
+                        help="rows of the full-fit comparison with scikit-learn (0: skip)")
+    parser.add_argument("--dask-ml-rows", type=int, default=400_000)
+    parser.add_argument("--logits-gib", type=float, default=32.0,
+                        help="size of the large class-chunked run (32 GiB; 0: skip)")
+    parser.add_argument("--compare-gib", type=float, default=1.0,
+                        help="size for the four-way throughput comparison (1 GiB)")
+    parser.add_argument("--logits-classes", type=int, default=32768)
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--plot", default=None)
+    args = parser.parse_args(argv)
+    out = sys.stdout
+    result = {"machine": f"{_cpu_name()}, {__import__('os').cpu_count()} cores"}
+    print(f"machine: {result['machine']}", file=out)
+    if "fit" in args.parts:
+        print("distributed fit, per evaluation (median of interleaved repeats):", file=out)
+        result["fit"] = bench_fit([int(s) for s in args.sizes.split(",")], args.features,
+                                  args.classes, args.repeats, out, args.fit_rows,
+                                  json_path=args.json)
+    if "dask-ml" in args.parts:
+        print("binary problem, same cluster:", file=out)
+        result["dask_ml"] = bench_dask_ml(args.dask_ml_rows, args.features, out)
+    if "logits" in args.parts:
+        print("cross-entropy over lazily generated logits (threaded scheduler, 2 threads):",
+              file=out)
+        result["logits"] = bench_logits(args.logits_gib, args.compare_gib, args.logits_classes,
+                                        out)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+    if args.plot and "fit" in result:
+        _plot(result, args.plot)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
