@@ -24,26 +24,27 @@ import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def find_tool(name):
-    """A CUDA tool (ptxas, nvdisasm): the PATH, CUDA_HOME/bin, or an nvidia wheel."""
-    found = shutil.which(name)
-    if found:
-        return found
-    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
-        if home and os.path.exists(os.path.join(home, "bin", name)):
-            return os.path.join(home, "bin", name)
-    site = os.path.join(os.path.dirname(sys.executable), "..", "lib", "python*", "site-packages",
-                        "nvidia")
+    """A CUDA tool (ptxas, nvdisasm): an nvidia wheel, CUDA_HOME/bin, or the PATH.
+
+    The wheels come first: NVVM comes from the same wheel set (numba-cuda finds
+    it there), and a ptxas older than that NVVM rejects its PTX ("Unsupported
+    .version"), as a system CUDA 13.0 on the PATH does with a 13.5 NVVM."""
+    site = os.path.join(sysconfig.get_paths()["purelib"], "nvidia")
     for pattern in ("cu13", "cu12", "cuda_nvcc", "cuda_nvdisasm", "*"):
-        hits = glob.glob(os.path.join(site, pattern, "bin", name))
+        hits = sorted(glob.glob(os.path.join(site, pattern, "bin", name)))
         if hits:
             return hits[0]
-    return None
+    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")):
+        if home and os.path.exists(os.path.join(home, "bin", name)):
+            return os.path.join(home, "bin", name)
+    return shutil.which(name)
 
 
 def prepare(cc):
