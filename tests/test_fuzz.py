@@ -567,9 +567,10 @@ def test_linear_cross_entropy(call):
             assert_matches(dbias, G.sum(0), tol * np.abs(G).sum(0), dtype, "dbias")
 
 
-# ------------------------------------- known open items (frontend's issue)
-@pytest.mark.xfail(strict=False, reason="issue 17 item 7 (frontend): torch gives NaN")
+# --------------------------------------------- the mean over zero kept weight
 def test_mean_with_every_kept_weight_zero_and_smoothing_is_nan():
+    # PyTorch's rule: the mean's denominator (the kept rows' weights) is 0, so NaN,
+    # even though label smoothing adds a term that does not depend on the weight.
     got = fx.cross_entropy(np.array([[0.0, 1.0]]), np.array([0]), weight=np.array([0.0, 1.0]),
                            label_smoothing=0.5)
     assert np.isnan(got)
