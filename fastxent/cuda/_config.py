@@ -99,3 +99,38 @@ def elementwise_launch(n: int) -> tuple[int, int]:
     """(blocks, threads per block) for an elementwise kernel over n items."""
     check_block(ELEMENTWISE_BLOCK, None)
     return max(1, min(-(-n // ELEMENTWISE_BLOCK), MAX_BLOCKS)), ELEMENTWISE_BLOCK
+
+
+# ------------------------------------------------------------------ the GEMM
+# Compiled into the linear cross-entropy's GEMM (``fastxent.cuda.linear``) on
+# a GPU; the simulator runs small tiles, so that the tests' small shapes span
+# several tiles and partial ones.
+
+#: Each block of the GEMM computes a GEMM_TILE x GEMM_TILE tile of the output.
+GEMM_TILE = 8 if SIMULATED else 128
+
+#: The inner dimension is read GEMM_TILE_K at a time (two shared panels of
+#: GEMM_TILE_K x GEMM_TILE: 8 KiB in float32 at 128 x 8).
+GEMM_TILE_K = 4 if SIMULATED else 8
+
+#: Each thread accumulates a GEMM_THREAD x GEMM_THREAD register tile
+#: (64 FMAs per 16 shared-memory loads at 8); (GEMM_TILE / GEMM_THREAD)²
+#: threads per block (256 on a GPU).
+GEMM_THREAD = 2 if SIMULATED else 8
+
+#: Register limit of the GEMM: its 8 x 8 float32 tile with its operands
+#: needs about 100; at 128, two blocks of 256 threads fit an SM.
+GEMM_MAX_REGISTERS = 128
+
+
+def gemm_launch(n_rows: int, n_cols: int) -> tuple[tuple[int, int], int]:
+    """(grid (column tiles, row tiles), threads per block) of the GEMM for an
+    (n_rows, n_cols) output."""
+    side = GEMM_TILE // GEMM_THREAD
+    return (-(-n_cols // GEMM_TILE), -(-n_rows // GEMM_TILE)), side * side
+
+#: The linear cross-entropy's products for torch tensors and CuPy arrays go
+#: to their library's matmul (cuBLAS: tensor cores, tuned kernels) when True;
+#: False sends every kind of array to the tiled GEMM of fastxent.cuda.linear
+#: (Numba device arrays and unknown libraries always go there).
+LIBRARY_GEMM = True

@@ -1,0 +1,183 @@
+"""CUDA kernels of the fused linear cross-entropy (``fastxent._linear``): a
+tiled GEMM for the three products of a chunk, and the small kernels that
+finish the chunk loop on the device.
+
+The GEMM
+--------
+``out = op(a) @ op(b) (+ bias) (+ out)``, op(a) = a or aᵀ, op(b) = b or bᵀ,
+for the three products of a chunk of rows (x: (rows, D), W: (C, D), G:
+(rows, C), the chunk's logits gradient):
+
+=====================  ===========  ===========  ====================
+product                a, op(a)     b, op(b)     kernel
+=====================  ===========  ===========  ====================
+logits = x Wᵀ + bias   x            W, Wᵀ        ``GEMM[False, True]``
+dx = G W               G            W            ``GEMM[False, False]``
+dW += Gᵀ x             G, Gᵀ        x            ``GEMM[True, False]``
+=====================  ===========  ===========  ====================
+
+The transposes are layout parameters, compiled in (one source,
+:func:`_gemm_kernel`, specialised per (transpose_a, transpose_b)): the
+operands are read through their own strides, never copied.  Any strides
+work; the tile loads are coalesced along the operand's contiguous axis when
+it is row-major (C-contiguous) as stored, which all three products above
+are.
+
+Each block computes a TILE x TILE tile of ``out``: per step of TILE_K along
+the inner dimension, its threads load op(a)'s TILE x TILE_K and op(b)'s
+TILE_K x TILE panels into shared memory (both stored k-major, so the inner
+loop reads rows of them), then every thread accumulates a THREAD x THREAD
+register tile over the panel.  A thread's tile is strided (rows ty + m·TY,
+columns tx + n·TX; TY = TX = TILE / THREAD threads per side), so a warp
+reads consecutive shared-memory words (no bank conflicts) and writes
+consecutive columns of ``out``.  The accumulation is in the operands' dtype
+(float32 or float64), as BLAS does; ``bias`` (C,) and the ``accumulate``
+term are added in the epilogue.  The tile sizes are in ``_config`` (small on
+the simulator).
+"""
+
+import numpy as np
+from numba import float64, int32
+
+from fastxent.cuda._config import (GEMM_MAX_REGISTERS, GEMM_THREAD, GEMM_TILE, GEMM_TILE_K,
+                                   MAX_REGISTERS)
+from fastxent.cuda._numba_cuda import cuda, kernel
+from fastxent.cuda._rows import SCRATCH, TICKET_A, block_total, grid_start
+
+#: Threads per side of a block of the GEMM (a block has GEMM_SIDE² threads).
+GEMM_SIDE = GEMM_TILE // GEMM_THREAD
+#: Threads per block of the GEMM.
+GEMM_THREADS = GEMM_SIDE * GEMM_SIDE
+
+
+def _gemm_kernel(transpose_a: bool, transpose_b: bool):
+    """The GEMM kernel for one layout: ``out[i, j] = sum_k A[i, k] B[k, j]
+    (+ bias[j]) (+ out[i, j] if accumulate)`` with A = aᵀ if transpose_a else
+    a, B = bᵀ if transpose_b else b.  ``bias`` may be None (pruned at compile
+    time).  Launch: grid (ceil(N / TILE), ceil(M / TILE)), GEMM_THREADS
+    threads."""
+
+    @kernel(GEMM_MAX_REGISTERS)
+    def gemm(a, b, bias, out, accumulate):
+        panel_a = cuda.shared.array((GEMM_TILE_K, GEMM_TILE), a.dtype)  # [k][i]
+        panel_b = cuda.shared.array((GEMM_TILE_K, GEMM_TILE), a.dtype)  # [k][j]
+        acc = cuda.local.array((GEMM_THREAD, GEMM_THREAD), a.dtype)
+        ra = cuda.local.array(GEMM_THREAD, a.dtype)
+        rb = cuda.local.array(GEMM_THREAD, a.dtype)
+        n_rows, n_cols = out.shape
+        depth = a.shape[0] if transpose_a else a.shape[1]
+        t = cuda.threadIdx.x
+        tx = t % GEMM_SIDE
+        ty = t // GEMM_SIDE
+        row0 = np.int64(cuda.blockIdx.y) * GEMM_TILE
+        col0 = np.int64(cuda.blockIdx.x) * GEMM_TILE
+        zero = a.dtype.type(0.0)
+        for m in range(GEMM_THREAD):
+            for n in range(GEMM_THREAD):
+                acc[m, n] = zero
+        for k0 in range(0, depth, GEMM_TILE_K):
+            # Load both panels; consecutive threads take consecutive elements
+            # of the operand's last (contiguous) axis as stored.
+            for e in range(t, GEMM_TILE * GEMM_TILE_K, GEMM_THREADS):
+                if transpose_a:  # a is (depth, n_rows): its rows run along i
+                    kk, ii = e // GEMM_TILE, e % GEMM_TILE
+                else:            # a is (n_rows, depth): its rows run along k
+                    ii, kk = e // GEMM_TILE_K, e % GEMM_TILE_K
+                i, k = row0 + ii, k0 + kk
+                v = zero
+                if i < n_rows and k < depth:
+                    v = a[k, i] if transpose_a else a[i, k]
+                panel_a[kk, ii] = v
+                if transpose_b:  # b is (n_cols, depth): its rows run along k
+                    jj, kk = e // GEMM_TILE_K, e % GEMM_TILE_K
+                else:            # b is (depth, n_cols): its rows run along j
+                    kk, jj = e // GEMM_TILE, e % GEMM_TILE
+                j, k = col0 + jj, k0 + kk
+                v = zero
+                if j < n_cols and k < depth:
+                    v = b[j, k] if transpose_b else b[k, j]
+                panel_b[kk, jj] = v
+            cuda.syncthreads()
+            for kk in range(GEMM_TILE_K):
+                for m in range(GEMM_THREAD):
+                    ra[m] = panel_a[kk, ty + m * GEMM_SIDE]
+                for n in range(GEMM_THREAD):
+                    rb[n] = panel_b[kk, tx + n * GEMM_SIDE]
+                for m in range(GEMM_THREAD):
+                    for n in range(GEMM_THREAD):
+                        acc[m, n] += ra[m] * rb[n]
+            cuda.syncthreads()  # the panels are overwritten next step
+        for m in range(GEMM_THREAD):
+            i = row0 + ty + m * GEMM_SIDE
+            if i < n_rows:
+                for n in range(GEMM_THREAD):
+                    j = col0 + tx + n * GEMM_SIDE
+                    if j < n_cols:
+                        v = acc[m, n]
+                        if bias is not None:
+                            v += bias[j]
+                        if accumulate:
+                            v += out[i, j]
+                        out[i, j] = v
+
+    return gemm
+
+
+#: The GEMM kernels, by (transpose_a, transpose_b).
+GEMM = {(ta, tb): _gemm_kernel(ta, tb) for ta in (False, True) for tb in (False, True)}
+
+
+# ------------------------------------------------------ the chunk loop's rest
+@kernel(MAX_REGISTERS)
+def scale_into(out, a, factor):
+    """out = factor * a, for 2-D arrays of one shape (any strides)."""
+    start, step = grid_start()
+    n_cols = out.shape[1]
+    for k in range(start, out.shape[0] * n_cols, step):
+        i, j = k // n_cols, k % n_cols
+        out[i, j] = a[i, j] * factor
+
+
+@kernel(MAX_REGISTERS)
+def add_column_sums(acc, g):
+    """acc[j] += sum_i g[i, j] (acc float64; one thread per column, so the
+    rows are read coalesced and each column is summed in row order)."""
+    start, step = grid_start()
+    for j in range(start, g.shape[1], step):
+        total = 0.0
+        for i in range(g.shape[0]):
+            total += float64(g[i, j])
+        acc[j] += total
+
+
+@cuda.jit
+def add_loss(total, value):
+    """total[0] += value[0] (one thread: a chunk's reduced loss into the
+    call's float64 total, in chunk order, as the host loop adds them)."""
+    if cuda.threadIdx.x == 0 and cuda.blockIdx.x == 0:
+        total[0] += float64(value[0])
+
+
+@kernel(MAX_REGISTERS)
+def finish_loss(total, mean, denominator, half_l2, w, partials, status, result, shuffle):
+    """result[0] = total[0] (divided by ``denominator`` when ``mean``: NaN for
+    0, as ``fastxent._checks.mean_of``) + half_l2 * sum(w**2) (summed in
+    float64 over the launch; ``w`` may be None: no penalty)."""
+    scratch = cuda.shared.array(SCRATCH, float64)
+    flag = cuda.shared.array(1, int32)
+    squares = 0.0
+    if w is not None:
+        start, step = grid_start()
+        n_cols = w.shape[1]
+        for k in range(start, w.shape[0] * n_cols, step):
+            v = float64(w[k // n_cols, k % n_cols])
+            squares += v * v
+    last, sum_squares, _ = block_total(squares, 0.0, partials, status, TICKET_A, shuffle, scratch,
+                                       flag)
+    if last and cuda.threadIdx.x == 0:
+        value = total[0]
+        if mean:
+            value = value / denominator if denominator != 0.0 else np.nan
+        if w is not None:
+            value += half_l2 * sum_squares
+        result[0] = value
