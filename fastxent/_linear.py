@@ -99,10 +99,12 @@ def _block_bytes() -> int:
     return int(block)
 
 
-def auto_chunk_rows(n_rows: int, n_classes: int, itemsize: int) -> int:
-    """Rows per chunk: a logits block of about the cache size (see
-    ``_block_bytes``), at least 32 rows, at most all of them; a multiple of 8."""
-    rows = _block_bytes() // max(n_classes * itemsize, 1)
+def auto_chunk_rows(n_rows: int, n_classes: int, itemsize: int, *,
+                    block_bytes: Optional[int] = None) -> int:
+    """Rows per chunk: a logits block of about ``block_bytes`` (default: the
+    cache size, see ``_block_bytes``), at least 32 rows, at most all of them;
+    a multiple of 8."""
+    rows = (block_bytes or _block_bytes()) // max(n_classes * itemsize, 1)
     rows = max(_MIN_CHUNK_ROWS, rows - rows % 8)
     return int(max(1, min(rows, n_rows)))
 
@@ -230,7 +232,9 @@ class LinearProblem:
         p.n_classes = n_classes
         p.set_parameters(Wa, ba)
         p.batch_shape, p.x_shape = batch_shape, x_shape
-        p.chunk_rows = chunk_size or auto_chunk_rows(n_rows, n_classes, p.dtype.itemsize)
+        # a backend may size the chunks itself (the CUDA backend: device memory, not a cache)
+        p.chunk_rows = chunk_size or auto_chunk_rows(n_rows, n_classes, p.dtype.itemsize,
+                                                     block_bytes=getattr(backend, "chunk_bytes", None))
         return p
 
     def set_parameters(self, W: np.ndarray, bias: Optional[np.ndarray]) -> None:

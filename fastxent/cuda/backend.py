@@ -78,6 +78,11 @@ class CudaBackend:
 
     name = "cuda"
 
+    @property
+    def chunk_bytes(self) -> int:
+        """The size of a chunk of logits of the linear cross-entropy."""
+        return _config.LINEAR_CHUNK_BYTES
+
     def __init__(self, primary: Any):
         self.call = Call(primary)
         self._owners: dict = {}  # id(native view) -> its Buffer (the library's array)
@@ -284,9 +289,18 @@ class CudaBackend:
         if _config.LIBRARY_GEMM and self.call.library in ("torch", "cupy"):
             self._library_matmul(a, b, out, transpose_a, transpose_b, bias, accumulate)
             return
-        grid, threads = _config.gemm_launch(n_rows, n_cols)
-        kernel = linear_kernels.GEMM[bool(transpose_a), bool(transpose_b)]
-        self.call.launch(kernel, grid, threads)(a, b, bias, out, bool(accumulate))
+        depth = a.shape[0] if transpose_a else a.shape[1]
+        grid, threads, per_slice = _config.gemm_launch(n_rows, n_cols, depth)
+        kernel = linear_kernels.GEMM[bool(transpose_a), bool(transpose_b), out.dtype.itemsize]
+        launch = self.call.launch(kernel, grid, threads)
+        if grid[2] == 1:
+            launch(a, b, bias, out.reshape(1, n_rows, n_cols), bool(accumulate), np.int64(per_slice))
+            return
+        slices = self.call.empty((grid[2], n_rows, n_cols), out.dtype)
+        launch(a, b, None, slices.dev, False, np.int64(per_slice))
+        blocks, threads = _config.elementwise_launch(n_rows * n_cols)
+        self.call.launch(linear_kernels.sum_slices, blocks, threads)(slices.dev, bias, out,
+                                                                     bool(accumulate))
 
     def _library_array(self, dev: Any) -> Any:
         """The call library's zero-copy array of a device view (on the
@@ -308,11 +322,11 @@ class CudaBackend:
         A = A.T if transpose_a else A
         B = B.T if transpose_b else B
         if self.call.library == "torch":  # on torch's current stream: the call's
+            import torch
+
             if accumulate:
                 O.addmm_(A, B)
             elif bias is not None:
-                import torch
-
                 torch.addmm(self._library_array(bias), A, B, out=O)
             else:
                 torch.matmul(A, B, out=O)

@@ -34,6 +34,14 @@ consecutive columns of ``out``.  The accumulation is in the operands' dtype
 (float32 or float64), as BLAS does; ``bias`` (C,) and the ``accumulate``
 term are added in the epilogue.  The tile sizes are in ``_config`` (small on
 the simulator).
+
+Split inner dimension: dx = G W has a small output (rows x D: 8 blocks at
+512 x 256) and a long inner dimension (C), which would leave most of a GPU
+idle.  When the output has fewer tiles than ``_config.GEMM_MIN_BLOCKS``, the
+inner dimension is cut into slices (grid z), each block writes its slice's
+partial product into a (slices, M, N) workspace, and :func:`sum_slices`
+adds the slices in order (deterministic, no atomics) and applies the bias
+and the accumulation.
 """
 
 import numpy as np
@@ -50,34 +58,39 @@ GEMM_SIDE = GEMM_TILE // GEMM_THREAD
 GEMM_THREADS = GEMM_SIDE * GEMM_SIDE
 
 
-def _gemm_kernel(transpose_a: bool, transpose_b: bool):
-    """The GEMM kernel for one layout: ``out[i, j] = sum_k A[i, k] B[k, j]
-    (+ bias[j]) (+ out[i, j] if accumulate)`` with A = aᵀ if transpose_a else
-    a, B = bᵀ if transpose_b else b.  ``bias`` may be None (pruned at compile
-    time).  Launch: grid (ceil(N / TILE), ceil(M / TILE)), GEMM_THREADS
-    threads."""
+def _gemm_kernel(transpose_a: bool, transpose_b: bool, max_registers: int):
+    """The GEMM kernel for one layout: ``out[z, i, j] = sum_k A[i, k] B[k, j]
+    (+ bias[j]) (+ out[z, i, j] if accumulate)`` over the z-th slice of the
+    inner dimension, k in [z * depth_per_slice, (z + 1) * depth_per_slice),
+    with A = aᵀ if transpose_a else a, B = bᵀ if transpose_b else b.
+    ``bias`` may be None (pruned at compile time).  Launch: grid (column
+    tiles, row tiles, slices) as ``_config.gemm_launch`` gives it,
+    GEMM_THREADS threads."""
 
-    @kernel(GEMM_MAX_REGISTERS)
-    def gemm(a, b, bias, out, accumulate):
+    @kernel(max_registers)
+    def gemm(a, b, bias, out, accumulate, depth_per_slice):
         panel_a = cuda.shared.array((GEMM_TILE_K, GEMM_TILE), a.dtype)  # [k][i]
         panel_b = cuda.shared.array((GEMM_TILE_K, GEMM_TILE), a.dtype)  # [k][j]
         acc = cuda.local.array((GEMM_THREAD, GEMM_THREAD), a.dtype)
         ra = cuda.local.array(GEMM_THREAD, a.dtype)
         rb = cuda.local.array(GEMM_THREAD, a.dtype)
-        n_rows, n_cols = out.shape
+        n_rows, n_cols = out.shape[1], out.shape[2]
         depth = a.shape[0] if transpose_a else a.shape[1]
+        z = cuda.blockIdx.z
+        k_begin = np.int64(z) * depth_per_slice
+        k_end = min(depth, k_begin + depth_per_slice)
         t = cuda.threadIdx.x
         tx = t % GEMM_SIDE
         ty = t // GEMM_SIDE
-        row0 = np.int64(cuda.blockIdx.y) * GEMM_TILE
         col0 = np.int64(cuda.blockIdx.x) * GEMM_TILE
         zero = a.dtype.type(0.0)
+        row0 = np.int64(cuda.blockIdx.y) * GEMM_TILE
         for m in range(GEMM_THREAD):
             for n in range(GEMM_THREAD):
                 acc[m, n] = zero
-        for k0 in range(0, depth, GEMM_TILE_K):
-            # Load both panels; consecutive threads take consecutive elements
-            # of the operand's last (contiguous) axis as stored.
+        for k0 in range(k_begin, k_end, GEMM_TILE_K):
+            # Load both panels; consecutive threads take consecutive
+            # elements of the operand's last (contiguous) axis as stored.
             for e in range(t, GEMM_TILE * GEMM_TILE_K, GEMM_THREADS):
                 if transpose_a:  # a is (depth, n_rows): its rows run along i
                     kk, ii = e // GEMM_TILE, e % GEMM_TILE
@@ -85,7 +98,7 @@ def _gemm_kernel(transpose_a: bool, transpose_b: bool):
                     ii, kk = e // GEMM_TILE_K, e % GEMM_TILE_K
                 i, k = row0 + ii, k0 + kk
                 v = zero
-                if i < n_rows and k < depth:
+                if i < n_rows and k < k_end:
                     v = a[k, i] if transpose_a else a[i, k]
                 panel_a[kk, ii] = v
                 if transpose_b:  # b is (n_cols, depth): its rows run along k
@@ -94,7 +107,7 @@ def _gemm_kernel(transpose_a: bool, transpose_b: bool):
                     kk, jj = e // GEMM_TILE, e % GEMM_TILE
                 j, k = col0 + jj, k0 + kk
                 v = zero
-                if j < n_cols and k < depth:
+                if j < n_cols and k < k_end:
                     v = b[j, k] if transpose_b else b[k, j]
                 panel_b[kk, jj] = v
             cuda.syncthreads()
@@ -117,14 +130,34 @@ def _gemm_kernel(transpose_a: bool, transpose_b: bool):
                         if bias is not None:
                             v += bias[j]
                         if accumulate:
-                            v += out[i, j]
-                        out[i, j] = v
+                            v += out[z, i, j]
+                        out[z, i, j] = v
 
     return gemm
 
 
-#: The GEMM kernels, by (transpose_a, transpose_b).
-GEMM = {(ta, tb): _gemm_kernel(ta, tb) for ta in (False, True) for tb in (False, True)}
+#: The GEMM kernels, by (transpose_a, transpose_b, itemsize of the operands):
+#: one dispatcher per register limit (``_config.GEMM_MAX_REGISTERS``).
+GEMM = {(ta, tb, size): _gemm_kernel(ta, tb, limit) for ta in (False, True)
+        for tb in (False, True) for size, limit in GEMM_MAX_REGISTERS.items()}
+
+
+@kernel(MAX_REGISTERS)
+def sum_slices(slices, bias, out, accumulate):
+    """out[i, j] = sum_z slices[z, i, j] (in slice order: deterministic)
+    (+ bias[j]) (+ out[i, j] if accumulate): the end of a split GEMM."""
+    start, step = grid_start()
+    n_slices, n_cols = slices.shape[0], out.shape[1]
+    for k in range(start, out.shape[0] * n_cols, step):
+        i, j = k // n_cols, k % n_cols
+        v = slices[0, i, j]
+        for z in range(1, n_slices):
+            v += slices[z, i, j]
+        if bias is not None:
+            v += bias[j]
+        if accumulate:
+            v += out[i, j]
+        out[i, j] = v
 
 
 # ------------------------------------------------------ the chunk loop's rest
