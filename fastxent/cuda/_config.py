@@ -119,9 +119,9 @@ GEMM_TILE_K = 4 if SIMULATED else 8
 GEMM_THREAD = 2 if SIMULATED else 8
 
 #: Register limits of the GEMM, by the operands' itemsize (ptxas -v, sm_90):
-#: float32 takes 125 at 128 (no spills; two blocks of 256 threads per SM);
-#: float64's 8 x 8 tile of doubles takes 212 at 255 (no spills, one block
-#: per SM), where 128 spilled about 500 bytes into the inner loop.
+#: float32 fits 128 without spills (two blocks of 256 threads per SM);
+#: float64's 8 x 8 tile of doubles takes 194-206 at 255 (no spills, one
+#: block per SM), where 128 spilled about 500 bytes into the inner loop.
 GEMM_MAX_REGISTERS = {4: 128, 8: 255}
 
 
