@@ -86,6 +86,7 @@ class CudaBackend:
     def __init__(self, primary: Any):
         self.call = Call(primary)
         self._owners: dict = {}  # id(native view) -> its Buffer (the library's array)
+        self._wrapped: dict = {}  # device views as the library's arrays (_library_array)
 
     def _own(self, buf: Buffer) -> Any:
         self._owners[id(buf.dev)] = buf
@@ -304,7 +305,17 @@ class CudaBackend:
 
     def _library_array(self, dev: Any) -> Any:
         """The call library's zero-copy array of a device view (on the
-        simulator a CPU tensor over the same host memory)."""
+        simulator a CPU tensor over the same host memory).  Cached per view
+        for the call: the chunk loop multiplies the same W, bias, dW and
+        logits buffer in every chunk, and each wrap costs host time."""
+        cai = dev.__cuda_array_interface__
+        key = (cai["data"][0], tuple(cai["shape"]), cai.get("strides"), cai["typestr"])
+        wrapped = self._wrapped.get(key)
+        if wrapped is None:
+            wrapped = self._wrapped[key] = self._wrap(dev)
+        return wrapped
+
+    def _wrap(self, dev: Any) -> Any:
         if self.call.library == "torch":
             import torch
 
