@@ -296,6 +296,13 @@ def test_bad_input(rng, change, error, match):
     x, W, bias, target = _problem(rng)
     args = dict(x=x, W=W, target=target, bias=bias)
     args.update(change)
+    assert_both_raise(args, error, match)
+
+
+def assert_both_raise(args, error, match):
+    """linear_cross_entropy_with_grad, and linear_cross_entropy unless
+    grad_output is given, raise ``error`` on ``args`` (x, W, target and
+    keywords)."""
     operands = (args.pop("x"), args.pop("W"), args.pop("target"))
     with pytest.raises(error, match=match):
         fx.linear_cross_entropy_with_grad(*operands, **args)

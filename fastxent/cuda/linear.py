@@ -67,6 +67,35 @@ assert GEMM_LOADS * GEMM_THREADS == GEMM_TILE * GEMM_TILE_K
 assert GEMM_THREADS % GEMM_TILE == 0 and GEMM_THREADS % GEMM_TILE_K == 0
 
 
+@cuda.jit(device=True)
+def _load_share(t, along_k):
+    """(outer, inner, step) of thread t's share of a panel load: its first
+    element at (outer, inner) of the operand's tile as stored, further ones
+    ``step`` further along outer; consecutive threads take consecutive
+    elements of the stored rows (coalesced).  ``along_k``: the operand is
+    stored (rows or columns of the output, depth), its rows run along k."""
+    if along_k:
+        return t // GEMM_TILE_K, t % GEMM_TILE_K, GEMM_THREADS // GEMM_TILE_K
+    return t // GEMM_TILE, t % GEMM_TILE, GEMM_THREADS // GEMM_TILE
+
+
+@cuda.jit(device=True)
+def _load_panel(src, along_k, panel, outer, inner, first, length, k0, k_end, zero):
+    """One element of a panel: panel[kk * GEMM_TILE + mm] = op[first + mm,
+    k0 + kk] (zero outside [0, length) x [k0, k_end)), with op = src if
+    ``along_k`` else srcᵀ and (outer, inner) its position in the stored tile
+    (a compile-time ``along_k``: the branches fold after inlining)."""
+    if along_k:
+        mm, kk = outer, inner
+    else:
+        kk, mm = outer, inner
+    m, k = first + mm, k0 + kk
+    v = zero
+    if m < length and k < k_end:
+        v = src[m, k] if along_k else src[k, m]
+    store1(panel, kk * GEMM_TILE + mm, v)
+
+
 def _gemm_kernel(transpose_a: bool, transpose_b: bool, max_registers: int):
     """The GEMM kernel for one layout: ``out[z, i, j] = sum_k A[i, k] B[k, j]
     (+ bias[j]) (+ out[z, i, j] if accumulate)`` over the z-th slice of the
@@ -96,41 +125,18 @@ def _gemm_kernel(transpose_a: bool, transpose_b: bool, max_registers: int):
         row0 = np.int64(cuda.blockIdx.y) * GEMM_TILE
         col0 = np.int64(cuda.blockIdx.x) * GEMM_TILE
         zero = a.dtype.type(0.0)
-        # This thread's share of the panel loads: GEMM_LOADS elements of each
-        # panel, consecutive threads on consecutive elements of the operand's
-        # last (contiguous) axis as stored; (outer, inner) is its first
-        # element, further ones GEMM_THREADS // width further along outer.
-        if transpose_a:  # a is (depth, n_rows): its rows run along i
-            a_inner, a_outer, a_step = t % GEMM_TILE, t // GEMM_TILE, GEMM_THREADS // GEMM_TILE
-        else:            # a is (n_rows, depth): its rows run along k
-            a_inner, a_outer, a_step = t % GEMM_TILE_K, t // GEMM_TILE_K, GEMM_THREADS // GEMM_TILE_K
-        if transpose_b:  # b is (n_cols, depth): its rows run along k
-            b_inner, b_outer, b_step = t % GEMM_TILE_K, t // GEMM_TILE_K, GEMM_THREADS // GEMM_TILE_K
-        else:            # b is (depth, n_cols): its rows run along j
-            b_inner, b_outer, b_step = t % GEMM_TILE, t // GEMM_TILE, GEMM_THREADS // GEMM_TILE
+        # This thread's share of the panel loads (see _load_share)
+        a_outer, a_inner, a_step = _load_share(t, not transpose_a)
+        b_outer, b_inner, b_step = _load_share(t, transpose_b)
         for m in range(GEMM_THREAD):
             for n in range(GEMM_THREAD):
                 acc[m, n] = zero
         for k0 in range(k_begin, k_end, GEMM_TILE_K):
             for it in range(GEMM_LOADS):
-                if transpose_a:
-                    kk, ii = a_outer + it * a_step, a_inner
-                else:
-                    ii, kk = a_outer + it * a_step, a_inner
-                i, k = row0 + ii, k0 + kk
-                v = zero
-                if i < n_rows and k < k_end:
-                    v = a[k, i] if transpose_a else a[i, k]
-                store1(panel_a, kk * GEMM_TILE + ii, v)
-                if transpose_b:
-                    jj, kk = b_outer + it * b_step, b_inner
-                else:
-                    kk, jj = b_outer + it * b_step, b_inner
-                j, k = col0 + jj, k0 + kk
-                v = zero
-                if j < n_cols and k < k_end:
-                    v = b[j, k] if transpose_b else b[k, j]
-                store1(panel_b, kk * GEMM_TILE + jj, v)
+                _load_panel(a, not transpose_a, panel_a, a_outer + it * a_step, a_inner, row0,
+                            n_rows, k0, k_end, zero)
+                _load_panel(b, transpose_b, panel_b, b_outer + it * b_step, b_inner, col0,
+                            n_cols, k0, k_end, zero)
             cuda.syncthreads()
             for kk in range(GEMM_TILE_K):
                 row_a, row_b = kk * GEMM_TILE + ty, kk * GEMM_TILE + tx
