@@ -25,6 +25,15 @@ Stages (each one is reported, a failure does not stop the next):
    loss+gradient and loss+gradient in place; PyTorch eager forward and
    forward+backward; torch.compile; Liger-Kernel's cross-entropy when
    importable; and a device-to-device copy in the same run (the yardstick).
+4. **linear**: the fused linear cross-entropy, loss + dx, dW, dbias, at
+   N x D x C = 8192 x 256 x 32000 float32: ``fx.linear_cross_entropy_with_grad``
+   on Numba device arrays (the tiled numba.cuda GEMM) and on torch tensors
+   (torch.matmul, i.e. cuBLAS), ``fastxent.torch.linear_cross_entropy``
+   forward+backward, against torch's ``F.linear_cross_entropy`` (torch >=
+   2.13; else the unfused ``F.cross_entropy(x @ W.T + b)``), with TFLOP/s
+   (6 N D C per call) and the peak memory torch's allocator saw above the
+   inputs.  The sweep (stage 1) also checks the linear cross-entropy of every
+   array kind against the float64 reference.
 
 ``--simulator`` runs the same logic on Numba's CUDA simulator with tiny
 shapes and Numba device arrays only (host clocks instead of events): a check
@@ -48,6 +57,8 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LINEAR_SHAPES = [("float32", 8192, 256, 32000)]
+SIMULATOR_LINEAR_SHAPES = [("float32", 24, 8, 20)]
 TIMING_SHAPES = [("float32", 8192, 32000), ("float32", 16384, 131072), ("float32", 65536, 10),
                  ("float16", 16384, 131072)]
 SIMULATOR_SHAPES = [("float32", 8, 70), ("float32", 40, 5), ("float16", 4, 40)]
@@ -202,8 +213,36 @@ def sweep(report: Report, kinds: List[Kind], simulator: bool, large: bool) -> No
         host_big = kind.to_host(big)
         case(f"{kind.name} strided out", _close(host_big[:, ::2], want[1], 1e-10, 1e-12)
              and bool(np.isnan(host_big[:, 1::2]).all()))
+    for kind in kinds:
+        _sweep_linear(kind, case, rng, simulator)
     if large and not simulator:
         _sweep_large(report, kinds, case, rng)
+
+
+def _sweep_linear(kind: Kind, case: Callable, rng, simulator: bool) -> None:
+    """The fused linear cross-entropy (all three GEMM layouts, split inner
+    dimensions, the bias, l2, smoothing, ignored rows, several chunks)
+    against the float64 reference with full logits."""
+    import fastxent as fx
+    from fastxent import reference as ref
+
+    shapes = [(20, 6, 30)] if simulator else [(300, 64, 1000), (1000, 129, 5003), (37, 256, 32000)]
+    for n, d, c in shapes:
+        x = rng.normal(size=(n, d))
+        W = rng.normal(size=(c, d)) / math.sqrt(d)
+        b = rng.normal(size=c)
+        y = rng.integers(0, c, size=n)
+        y[::9] = -100
+        kw = dict(label_smoothing=0.1, l2=0.01)
+        want_loss, want = ref.linear_cross_entropy_with_grad(x, W, y, bias=b, **kw)
+        for dtype, rtol in ((np.float64, 1e-9), (np.float32, 2e-4)):
+            dx_, dW_, db_ = (kind.to_device(a.astype(dtype)) for a in (x, W, b))
+            loss, grads = fx.linear_cross_entropy_with_grad(dx_, dW_, kind.to_device(y), bias=db_,
+                                                            chunk_size=-(-n // 3), **kw)
+            ok = _close(kind.to_host(loss), want_loss, rtol, 0.0) and all(
+                _close(kind.to_host(g), w, rtol, rtol * float(np.abs(w).max()))
+                for g, w in zip(grads, want))
+            case(f"{kind.name} linear ce+grad {n}x{d}x{c} {np.dtype(dtype).name}", ok)
 
 
 def _sweep_large(report: Report, kinds: List[Kind], case: Callable, rng) -> None:
@@ -337,6 +376,79 @@ def timing(report: Report, shapes, simulator: bool, rounds: int, use_compile: bo
             torch.cuda.empty_cache()
 
 
+def linear_timing(report: Report, shapes, simulator: bool, rounds: int) -> None:
+    """Stage 4: the fused linear cross-entropy, loss and all gradients."""
+    import fastxent as fx
+
+    time_fn = _timer(simulator)
+    for dtype_name, n, d, c in shapes:
+        shape = f"{n}x{d}x{c}"
+        flops = 6 * n * d * c  # three products of 2 N D C
+        rows: List[Timing] = []
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=(n, d)).astype(dtype_name)
+        W = (rng.normal(size=(c, d)) / math.sqrt(d)).astype(dtype_name)
+        b = np.zeros(c, dtype_name)
+        y = rng.integers(0, c, size=n)
+        candidates: Dict[str, Callable] = {}
+        from fastxent.cuda._numba_cuda import cuda
+
+        nx, nW, nb, ny = (cuda.to_device(a) for a in (x, W, b, y))
+        candidates["fastxent (numba arrays)"] = lambda: fx.linear_cross_entropy_with_grad(
+            nx, nW, ny, bias=nb)
+        torch = None
+        if not simulator:
+            import torch
+            import torch.nn.functional as F
+
+            import fastxent.torch as xt
+
+            tx, tW, tb = (torch.from_numpy(a).cuda() for a in (x, W, b))
+            ty = torch.from_numpy(y).cuda()
+            candidates["fastxent (torch tensors)"] = lambda: fx.linear_cross_entropy_with_grad(
+                tx, tW, ty, bias=tb)
+
+            def autograd(loss_fn):
+                def run():
+                    leaves = [t.detach().requires_grad_(True) for t in (tx, tW, tb)]
+                    return torch.autograd.grad(loss_fn(*leaves), leaves)
+                return run
+
+            candidates["fastxent.torch"] = autograd(
+                lambda x_, W_, b_: xt.linear_cross_entropy(x_, W_, ty, linear_bias=b_))
+            if hasattr(F, "linear_cross_entropy"):
+                candidates["torch F.linear_cross_entropy"] = autograd(
+                    lambda x_, W_, b_: F.linear_cross_entropy(x_, W_, ty, linear_bias=b_))
+            candidates["torch unfused"] = autograd(
+                lambda x_, W_, b_: F.cross_entropy(x_ @ W_.T + b_, ty))
+        for impl, fn in candidates.items():
+            peak = ""
+            try:
+                if torch is not None:
+                    torch.cuda.synchronize()
+                    torch.cuda.reset_peak_memory_stats()
+                    base = torch.cuda.memory_allocated()
+                    fn()
+                    torch.cuda.synchronize()
+                    peak = f", peak +{(torch.cuda.max_memory_allocated() - base) / 2**20:.0f} MiB"
+                    if impl.endswith("(numba arrays)"):
+                        peak = ""  # Numba's allocator: not seen by torch
+                ms = time_fn(lambda k: fn(), 1 if simulator else 5, rounds)
+            except Exception as exc:  # noqa: BLE001 - report and go on
+                rows.append(Timing(shape, dtype_name, impl, "linear fwd+bwd", math.nan, 0,
+                                   note=f"failed: {type(exc).__name__}: {exc}"[:140]))
+                continue
+            rows.append(Timing(shape, dtype_name, impl, "linear fwd+bwd", ms, 0,
+                               note=f"{flops / ms / 1e9:.1f} TFLOP/s{peak}"))
+            print(f"  {shape} {dtype_name} {impl:<28} {ms:9.3f} ms  {rows[-1].note}", flush=True)
+        base = next((r.ms for r in rows if r.implementation == "torch F.linear_cross_entropy"),
+                    next((r.ms for r in rows if r.implementation == "torch unfused"), None))
+        for r in rows:
+            if base and r.ms == r.ms:
+                r.vs_eager = base / r.ms
+        report.timings.extend(rows)
+
+
 def _framework_candidates(torch, labels, use_compile: bool) -> Dict[str, tuple]:
     """implementation -> (forward(x), forward+backward(x)) of the baselines."""
     import torch.nn.functional as F
@@ -381,7 +493,9 @@ def markdown(report: Report) -> str:
              f"({report.wrong} wrong).", "", f"tests/test_cuda.py on the device: {report.tests}.", "",
              "Bandwidth counts one read of N x C for the forward pass and two reads plus one write "
              "for forward + backward (the copy: one read and one write); inputs rotate over "
-             "several buffers; \"% copy\" relates it to the copy measured in the same run.", "",
+             "several buffers; \"% copy\" relates it to the copy measured in the same run. "
+             "The linear cross-entropy rows (\"linear fwd+bwd\") give TFLOP/s instead, and "
+             "\"vs eager\" relates them to torch's F.linear_cross_entropy.", "",
              "| shape | dtype | implementation | operation | ms | GB/s | % copy | vs eager | note |",
              "|---|---|---|---|---:|---:|---:|---:|---|"]
     for t in report.timings:
@@ -420,7 +534,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--out", default=".", help="folder for gpu_check.md and gpu_check.json")
     parser.add_argument("--simulator", action="store_true",
                         help="tiny shapes on Numba's CUDA simulator (a check of this script)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["sweep", "tests", "timing", "large"])
+    parser.add_argument("--skip", nargs="*", default=[],
+                        choices=["sweep", "tests", "timing", "linear", "large"])
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--no-compile", action="store_true")
     args = parser.parse_args(argv)
@@ -459,6 +574,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("== timing", flush=True)
         timing(report, SIMULATOR_SHAPES if args.simulator else TIMING_SHAPES, args.simulator,
                args.rounds or (2 if args.simulator else 7), not args.no_compile)
+    if "linear" not in args.skip:
+        print("== linear cross-entropy", flush=True)
+        linear_timing(report, SIMULATOR_LINEAR_SHAPES if args.simulator else LINEAR_SHAPES,
+                      args.simulator, args.rounds or (2 if args.simulator else 7))
     os.makedirs(args.out, exist_ok=True)
     text = markdown(report)
     with open(os.path.join(args.out, "gpu_check.md"), "w") as fh:

@@ -41,7 +41,7 @@ from numpy.typing import ArrayLike
 from fastxent import _checks as checks
 from fastxent._api import (check_labels, class_weight, cross_entropy, cross_entropy_with_grad,
                            grad_scale)
-from fastxent._backend import Reduction, backend_of, cpu_backend, is_cuda_array
+from fastxent._backend import Reduction, backend_of, cpu_backend
 from fastxent._backend import _is_dask_collection
 
 __all__ = ["linear_cross_entropy", "linear_cross_entropy_with_grad", "auto_chunk_rows",
@@ -99,10 +99,12 @@ def _block_bytes() -> int:
     return int(block)
 
 
-def auto_chunk_rows(n_rows: int, n_classes: int, itemsize: int) -> int:
-    """Rows per chunk: a logits block of about the cache size (see
-    ``_block_bytes``), at least 32 rows, at most all of them; a multiple of 8."""
-    rows = _block_bytes() // max(n_classes * itemsize, 1)
+def auto_chunk_rows(n_rows: int, n_classes: int, itemsize: int, *,
+                    block_bytes: Optional[int] = None) -> int:
+    """Rows per chunk: a logits block of about ``block_bytes`` (default: the
+    cache size, see ``_block_bytes``), at least 32 rows, at most all of them;
+    a multiple of 8."""
+    rows = (block_bytes or _block_bytes()) // max(n_classes * itemsize, 1)
     rows = max(_MIN_CHUNK_ROWS, rows - rows % 8)
     return int(max(1, min(rows, n_rows)))
 
@@ -143,11 +145,14 @@ class LinearProblem:
     ``ignore_index``, ``reduction`` (a :class:`~fastxent._backend.Reduction`),
     ``smoothing``, ``l2``, ``denominator`` (the mean's: the kept rows' summed
     weight, or the row count), ``batch_shape`` and ``x_shape`` (for the
-    results), ``result_dtype``, ``chunk_rows``."""
+    results), ``result_dtype``, ``chunk_rows``; ``backend`` (whose native
+    arrays the fields are: NumPy's, the torch-CPU kind's, or the CUDA
+    backend of the call) and ``scan`` (the label scan of hard targets, which
+    the CUDA chunk loop reuses for every chunk; None otherwise)."""
 
     __slots__ = ("x2", "W", "bias", "labels", "soft", "batch_shape", "x_shape", "dtype",
                  "result_dtype", "n_classes", "weight", "ignore_index", "reduction",
-                 "smoothing", "l2", "denominator", "chunk_rows")
+                 "smoothing", "l2", "denominator", "chunk_rows", "backend", "scan")
 
     @property
     def hard(self) -> bool:
@@ -160,27 +165,30 @@ class LinearProblem:
                        reduction: Any = "mean", label_smoothing: Any = 0.0,
                        chunk_size: Any = None) -> "LinearProblem":
         """Validate the public functions' arguments (errors as they raise them)."""
-        backend = _host_backend(x, W, target, bias, weight)
+        backend = _backend(x, W, target, bias, weight)
         p = cls()
+        p.backend = backend
         xa = backend.array(x, "x")
         Wa = backend.array(W, "W")
         ba = None if bias is None else backend.array(bias, "bias")
         named = [(xa.dtype, "x"), (Wa.dtype, "W")] + ([] if ba is None else [(ba.dtype, "bias")])
         work, result = checks.common_compute_dtype(*named)
 
-        if xa.ndim == 0:
+        # shapes as tuples (a simulated device array's shape takes no negative index)
+        x_shape, W_shape = tuple(xa.shape), tuple(Wa.shape)
+        if not x_shape:
             raise ValueError("x must have at least one dimension (the feature axis), got a scalar")
-        if Wa.ndim != 2:
-            raise ValueError(f"W must be a 2-D array of shape (classes, features), got shape {Wa.shape}")
-        n_classes, n_features = Wa.shape
-        if xa.shape[-1] != n_features:
+        if len(W_shape) != 2:
+            raise ValueError(f"W must be a 2-D array of shape (classes, features), got shape {W_shape}")
+        n_classes, n_features = W_shape
+        if x_shape[-1] != n_features:
             raise ValueError(
-                f"x has {xa.shape[-1]} features (last axis) but W has {n_features} "
-                f"(W must have shape (classes, features) = (C, {xa.shape[-1]})), got x {xa.shape} "
-                f"and W {Wa.shape}"
+                f"x has {x_shape[-1]} features (last axis) but W has {n_features} "
+                f"(W must have shape (classes, features) = (C, {x_shape[-1]})), got x {x_shape} "
+                f"and W {W_shape}"
             )
-        if ba is not None and ba.shape != (n_classes,):
-            raise ValueError(f"bias must have shape (classes,) = ({n_classes},), got {ba.shape}")
+        if ba is not None and tuple(ba.shape) != (n_classes,):
+            raise ValueError(f"bias must have shape (classes,) = ({n_classes},), got {tuple(ba.shape)}")
 
         p.reduction = checks.check_reduction(reduction)
         p.smoothing = checks.check_label_smoothing(label_smoothing)
@@ -192,10 +200,10 @@ class LinearProblem:
             )
         chunk_size = _check_chunk_size(chunk_size)
 
-        batch_shape = tuple(xa.shape[:-1])
+        batch_shape = x_shape[:-1]
         n_rows = math.prod(batch_shape)
         t = backend.array(target, "target")
-        hard = checks.is_class_index_target(t.dtype, t.shape, batch_shape + (n_classes,))
+        hard = checks.is_class_index_target(t.dtype, tuple(t.shape), batch_shape + (n_classes,))
         p.ignore_index = checks.check_ignore_index(ignore_index, class_indices=hard)
         p.weight = class_weight(backend, weight, n_classes)
         if hard:
@@ -203,26 +211,40 @@ class LinearProblem:
             scan = check_labels(backend, t, p.labels, n_classes, p.ignore_index, p.weight,
                                 batch_shape)
             p.denominator = scan.denominator()
-            p.soft = None
+            p.soft, p.scan = None, scan
         else:
             checks.compute_dtype(t.dtype, "target")
-            p.soft = t.reshape(n_rows, n_classes)
-            p.labels = None
+            p.soft = t
+            p.labels = p.scan = None
             p.denominator = float(n_rows)
 
         # Everything checked: now the (possibly copying) conversions.
         p.dtype, p.result_dtype = np.dtype(work), np.dtype(result)
-        x2 = xa.reshape(n_rows, n_features)
-        p.x2 = x2 if x2.dtype == work else x2.astype(work)
+        if backend.name == "cuda":  # C-contiguous (rows, .) work arrays, made on the device
+            p.x2 = backend.rows(xa, tuple(range(xa.ndim)), n_rows, n_features, work)
+            if not hard:
+                p.soft = backend.rows(t, tuple(range(t.ndim)), n_rows, n_classes, work)
+        else:
+            x2 = xa.reshape(n_rows, n_features)
+            p.x2 = x2 if x2.dtype == work else x2.astype(work)
+            if not hard:
+                p.soft = t.reshape(n_rows, n_classes)
         p.n_classes = n_classes
         p.set_parameters(Wa, ba)
-        p.batch_shape, p.x_shape = batch_shape, xa.shape
-        p.chunk_rows = chunk_size or auto_chunk_rows(n_rows, n_classes, p.dtype.itemsize)
+        p.batch_shape, p.x_shape = batch_shape, x_shape
+        # a backend may size the chunks itself (the CUDA backend: device memory, not a cache)
+        p.chunk_rows = chunk_size or auto_chunk_rows(n_rows, n_classes, p.dtype.itemsize,
+                                                     block_bytes=getattr(backend, "chunk_bytes", None))
         return p
 
     def set_parameters(self, W: np.ndarray, bias: Optional[np.ndarray]) -> None:
         """Use the model (W, bias), of the shapes the problem was built with,
         in the problem's compute dtype."""
+        if self.backend.name == "cuda":  # the GEMM reads any strides: a copy only to cast
+            self.W = W if W.dtype == self.dtype else self.backend.rows(W, (0, 1), *W.shape,
+                                                                        self.dtype)
+            self.bias = None if bias is None else self.backend.flat(bias, self.dtype)
+            return
         Wc = W if W.dtype == self.dtype else W.astype(self.dtype)
         if not (Wc.flags.c_contiguous or Wc.flags.f_contiguous):
             Wc = np.ascontiguousarray(Wc)  # else every chunk's matmul would copy it
@@ -230,40 +252,44 @@ class LinearProblem:
         self.bias = None if bias is None else np.ascontiguousarray(bias, dtype=self.dtype)
 
 
-def _host_backend(*arrays: Any) -> Any:
-    """The backend whose native arrays the chunk loop works on: NumPy's, or
-    the torch-CPU kind's (NumPy views in, tensors out)."""
+def _backend(*arrays: Any) -> Any:
+    """The backend whose native arrays the chunk loop works on: NumPy's, the
+    torch-CPU kind's (NumPy views in, tensors out), or the CUDA backend."""
     backend = backend_of(*arrays)
-    return backend if backend.name == "torch-cpu" else cpu_backend()
+    return backend if backend.name in ("torch-cpu", "cuda") else cpu_backend()
 
 
 def _as_kind_of(backend: Any, value: Any) -> Any:
-    """A result of the loop as the backend gives results back (None stays None)."""
-    if value is None or backend.name == "cpu":
+    """A result of the loop as the backend gives results back (None stays
+    None; the CUDA loop's results already are the caller's kind)."""
+    if value is None or backend.name in ("cpu", "cuda"):
         return value
     a = np.asarray(value)
     return backend.result(a, a.dtype, a.shape)
 
 
-def _grad_scale(grad_output: Any, p: LinearProblem) -> Tuple[float, Optional[np.ndarray]]:
-    """(scalar factor of the data gradient for "mean"/"sum", per-row factors for "none")."""
-    scale = grad_scale(cpu_backend(), grad_output, p.reduction, p.batch_shape, broadcast=False)
-    if p.reduction is not Reduction.NONE:
-        return scale.factor, None
-    if scale.rows is None:
-        return 1.0, np.full(math.prod(p.batch_shape), scale.factor)
-    return 1.0, scale.rows
+def _grad_scale(grad_output: Any, p: LinearProblem) -> Tuple[float, Optional[Any]]:
+    """(host factor of the data gradient, native per-row factors or None; rows
+    only for "none")."""
+    backend = p.backend if p.backend.name == "cuda" else cpu_backend()
+    scale = grad_scale(backend, grad_output, p.reduction, p.batch_shape, broadcast=False)
+    if scale.rows is not None and p.reduction is not Reduction.NONE:
+        # a device scalar, broadcast over the rows: its value, read once
+        return scale.factor * float(backend.read_element(scale.rows, 0)), None
+    return scale.factor, scale.rows
 
 
 # ---------------------------------------------------------------- the loop
 class NumPyOps:
     """What the chunk loop (:func:`run`) does with arrays, for NumPy arrays:
-    allocation, the three matrix products, the bias and the reductions.
+    allocation, the three matrix products, the bias, the fused cross-entropy
+    of a chunk and the reductions.
 
     :func:`run` takes any object with these methods: ``fastxent.torch`` passes
-    one made of torch operations (PyTorch's BLAS; CPU and CUDA tensors), so
-    the loop itself exists once.  Every array that reaches the loop from the
-    problem goes through :meth:`asarray` first."""
+    one made of torch operations (PyTorch's BLAS; CPU and CUDA tensors), and
+    CUDA problems get ``fastxent.cuda.backend.CudaOps``, so the loop itself
+    exists once.  Every array that reaches the loop from the problem goes
+    through :meth:`asarray` first."""
 
     def __init__(self) -> None:
         self._scratch: Optional[np.ndarray] = None
@@ -293,6 +319,55 @@ class NumPyOps:
         np.matmul(a, b, out=self._scratch)
         acc += self._scratch
 
+    def logits(self, x: np.ndarray, W: np.ndarray, bias: Optional[np.ndarray],
+               out: np.ndarray) -> None:
+        """out = x @ W.T (+ bias)."""
+        self.matmul(x, W.T, out)
+        if bias is not None:
+            out += bias
+
+    def weight_grad(self, dW: np.ndarray, G: np.ndarray, x: np.ndarray, *,
+                    accumulate: bool) -> None:
+        """dW = G.T @ x, or dW += G.T @ x when ``accumulate``."""
+        if accumulate:
+            self.matmul_add(dW, G.T, x)
+        else:
+            self.matmul(G.T, x, dW)
+
+    def cross_entropy(self, logits: np.ndarray, target: np.ndarray, *, reduction: str,
+                      want_grad: bool, grad_output: Any = None, **options: Any) -> Any:
+        """The cross-entropy of one chunk of logits, reduced by ``reduction``
+        ("sum" or "none"); with ``want_grad``, its gradient times
+        ``grad_output`` (a host factor, or the chunk's per-row factors)
+        overwrites ``logits``.  ``options``: weight, label_smoothing and, for
+        class indices, ignore_index."""
+        if not want_grad:
+            return cross_entropy(logits, target, reduction=reduction, **options)
+        value, _ = cross_entropy_with_grad(logits, target, reduction=reduction,
+                                           grad_output=grad_output, out=logits, **options)
+        return value
+
+    def copy_rows(self, dst: np.ndarray, start: int, src: np.ndarray) -> None:
+        """dst[start:start + len(src)] = src."""
+        dst[start:start + src.shape[0]] = src
+
+    def add_loss(self, total: Any, value: Any) -> Any:
+        """``total`` (None before the first chunk) plus a chunk's reduced loss,
+        in float64."""
+        return (0.0 if total is None else total) + float(value)
+
+    def reduced_loss(self, total: Any, denominator: Optional[float], half_l2: float,
+                     W: np.ndarray, dtype: np.dtype) -> Any:
+        """The reduced loss as a 0-d result of ``dtype``: ``total`` (of
+        :meth:`add_loss`; None: no rows) divided by ``denominator`` (the
+        mean's; None for the sum), plus ``half_l2 * ||W||**2``."""
+        value = 0.0 if total is None else total
+        if denominator is not None:
+            value = checks.mean_of(value, denominator)
+        if half_l2 != 0.0:
+            value += half_l2 * self.squared_norm(W)
+        return dtype.type(value)
+
     def scale_into(self, out: np.ndarray, a: np.ndarray, factor: float) -> None:
         """out = factor * a."""
         np.multiply(a, out.dtype.type(factor), out=out)
@@ -316,11 +391,20 @@ class NumPyOps:
         return a[()] if a.ndim == 0 else a
 
 
+def _default_ops(p: LinearProblem) -> Any:
+    if p.backend.name == "cuda":
+        from fastxent.cuda.backend import CudaOps
+
+        return CudaOps(p)
+    return NumPyOps()
+
+
 def run(p: LinearProblem, *, want_grad: bool, grad_output: Any = None, want_dx: bool = True,
         ops: Optional[Any] = None):
     """The chunked loop over ``p``'s rows.  Returns (loss in the result dtype, dx, dW, dbias).
-    ``ops`` does the array work (default :class:`NumPyOps`)."""
-    ops = NumPyOps() if ops is None else ops
+    ``ops`` does the array work (default :class:`NumPyOps`, or ``CudaOps`` for
+    a problem on CUDA arrays)."""
+    ops = _default_ops(p) if ops is None else ops
     x2, W, bias = ops.asarray(p.x2), ops.asarray(p.W), ops.asarray(p.bias)
     labels, soft = ops.asarray(p.labels), ops.asarray(p.soft)
     n_rows = x2.shape[0]
@@ -339,7 +423,7 @@ def run(p: LinearProblem, *, want_grad: bool, grad_output: Any = None, want_dx: 
     scale = checks.mean_of(g, p.denominator) if p.reduction is Reduction.MEAN else g
 
     losses = ops.empty((n_rows,), p.dtype) if none else None
-    total = 0.0
+    total = None
     dx2 = dW = dbias = None
     if want_grad:
         dx2 = ops.empty((n_rows, D), p.dtype) if want_dx else None
@@ -349,50 +433,34 @@ def run(p: LinearProblem, *, want_grad: bool, grad_output: Any = None, want_dx: 
         dbias = ops.zeros((C,), np.dtype(np.float64)) if bias is not None else None
 
     buf = ops.empty((min(chunk, n_rows), C), p.dtype) if n_rows else None
-    WT = W.T
     for start in range(0, n_rows, chunk):
         stop = min(start + chunk, n_rows)
         xc = ops.gemm_operand(x2[start:stop])
         logits = buf[: stop - start]
-        ops.matmul(xc, WT, logits)
-        if bias is not None:
-            logits += bias
+        ops.logits(xc, W, bias, logits)
         tc = labels[start:stop] if p.hard else soft[start:stop]
-
-        if not want_grad:
-            value = cross_entropy(logits, tc, reduction="none" if none else "sum", **ce_kw)
-            if none:
-                losses[start:stop] = value
-            else:
-                total += float(value)
-            continue
-
+        factor = scale if row_scale is None else row_scale[start:stop]
+        value = ops.cross_entropy(logits, tc, reduction="none" if none else "sum",
+                                  want_grad=want_grad, grad_output=factor, **ce_kw)
         if none:
-            value, G = cross_entropy_with_grad(logits, tc, reduction="none",
-                                               grad_output=row_scale[start:stop], out=logits, **ce_kw)
-            losses[start:stop] = value
+            ops.copy_rows(losses, start, value)
         else:
-            value, G = cross_entropy_with_grad(logits, tc, reduction="sum", grad_output=scale,
-                                               out=logits, **ce_kw)
-            total += float(value)
-        # G is the logits buffer, now holding the scaled gradient
+            total = ops.add_loss(total, value)
+        if not want_grad:
+            continue
+        # the logits buffer now holds the chunk's scaled gradient G
         if dx2 is not None:
-            ops.matmul(G, W, dx2[start:stop])
-        if start == 0 and p.l2 == 0.0:
-            ops.matmul(G.T, xc, dW)
-        else:
-            ops.matmul_add(dW, G.T, xc)
+            ops.matmul(logits, W, dx2[start:stop])
+        ops.weight_grad(dW, logits, xc, accumulate=start > 0 or p.l2 != 0.0)
         if dbias is not None:
-            ops.add_column_sums(dbias, G)
+            ops.add_column_sums(dbias, logits)
 
     rdt = p.result_dtype
     if none:
         loss = ops.result(losses.reshape(p.batch_shape), rdt)
     else:
-        value = checks.mean_of(total, p.denominator) if p.reduction is Reduction.MEAN else total
-        if p.l2 != 0.0:
-            value += 0.5 * p.l2 * ops.squared_norm(W)
-        loss = rdt.type(value)
+        loss = ops.reduced_loss(total, p.denominator if p.reduction is Reduction.MEAN else None,
+                                0.5 * p.l2, W, rdt)
     if not want_grad:
         return loss, None, None, None
     dx = None
@@ -405,13 +473,6 @@ def run(p: LinearProblem, *, want_grad: bool, grad_output: Any = None, want_dx: 
 
 
 # ------------------------------------------------------------------ public
-def _refuse_cuda(*arrays) -> None:
-    if any(is_cuda_array(a) for a in arrays):
-        raise NotImplementedError(
-            "linear_cross_entropy does not take CUDA arrays yet: copy them to the host "
-            "(NumPy) or use the CUDA cross_entropy_with_grad on logits you computed")
-
-
 def linear_cross_entropy(x: ArrayLike, W: ArrayLike, target: ArrayLike, *,
                          bias: Optional[ArrayLike] = None, l2: float = 0.0,
                          weight: Optional[ArrayLike] = None,
@@ -439,11 +500,10 @@ def linear_cross_entropy(x: ArrayLike, W: ArrayLike, target: ArrayLike, *,
         return dask_backend.linear_cross_entropy(
             x, W, target, bias=bias, l2=l2, weight=weight, ignore_index=ignore_index,
             reduction=reduction, label_smoothing=label_smoothing, chunk_size=chunk_size)
-    _refuse_cuda(x, W, target, bias)
     p = LinearProblem.from_arguments(x, W, target, bias=bias, l2=l2, weight=weight,
                                      ignore_index=ignore_index, reduction=reduction,
                                      label_smoothing=label_smoothing, chunk_size=chunk_size)
-    return _as_kind_of(_host_backend(x, W, target, bias, weight), run(p, want_grad=False)[0])
+    return _as_kind_of(p.backend, run(p, want_grad=False)[0])
 
 
 def linear_cross_entropy_with_grad(x: ArrayLike, W: ArrayLike, target: ArrayLike, *,
@@ -469,10 +529,9 @@ def linear_cross_entropy_with_grad(x: ArrayLike, W: ArrayLike, target: ArrayLike
             x, W, target, bias=bias, l2=l2, weight=weight, ignore_index=ignore_index,
             reduction=reduction, label_smoothing=label_smoothing, grad_output=grad_output,
             chunk_size=chunk_size)
-    _refuse_cuda(x, W, target, bias)
     p = LinearProblem.from_arguments(x, W, target, bias=bias, l2=l2, weight=weight,
                                      ignore_index=ignore_index, reduction=reduction,
                                      label_smoothing=label_smoothing, chunk_size=chunk_size)
     loss, dx, dW, dbias = run(p, want_grad=True, grad_output=grad_output)
-    backend = _host_backend(x, W, target, bias, weight)
+    backend = p.backend
     return _as_kind_of(backend, loss), tuple(_as_kind_of(backend, g) for g in (dx, dW, dbias))

@@ -73,7 +73,7 @@ def _jobs():
     except ImportError:  # the CUDA target built into numba
         from numba.core import types
 
-    from fastxent.cuda import _arrays, binary, divergence, softmax, xent
+    from fastxent.cuda import _arrays, binary, divergence, linear, softmax, xent
 
     none, b, i64, f64 = types.none, types.boolean, types.int64, types.float64
 
@@ -111,6 +111,20 @@ def _jobs():
         for grad in (none, m2):
             jobs.append((f"divergence_rows[{tag}, grad={grad}]", divergence.divergence_rows,
                          (m2, m2, i64, m2, grad, i64, b), size))
+        # the linear cross-entropy's products: logits = x W^T + bias, dx = G W, dW += G^T x
+        for (ta, tb), bias in (((False, True), v1), ((False, True), none), ((False, False), none),
+                               ((True, False), none)):
+            jobs.append((f"gemm[{tag}, transpose_a={ta}, transpose_b={tb}, bias={bias}]",
+                         linear.GEMM[ta, tb, size], (m2, m2, bias, arr(f, 3), b, i64), size))
+        for bias in (none, v1):
+            jobs.append((f"gemm_sum_slices[{tag}, bias={bias}]", linear.sum_slices,
+                         (arr(f, 3), bias, m2, b), size))
+        jobs.append((f"linear_scale_into[{tag}]", linear.scale_into, (m2, m2, f), size))
+        jobs.append((f"linear_add_column_sums[{tag}]", linear.add_column_sums, (arr(f64), m2), size))
+        for w in (none, m2):
+            jobs.append((f"linear_finish_loss[{tag}, w={w}]", linear.finish_loss,
+                         (arr(f64), b, f64, f64, w, arr(f64), arr(i64), v1, b), size))
+    jobs.append(("linear_add_loss[float32]", linear.add_loss, (arr(f64), arr(types.float32)), 4))
     for src, dst, nd in ((types.float16, types.float32, 2), (types.float32, types.float16, 1),
                          (types.int64, types.float64, 3), (types.boolean, types.float64, 1)):
         jobs.append((f"_gather[{src}->{dst}, ndim={nd}]", _arrays._gather,

@@ -29,4 +29,5 @@ def test_device_script_on_the_simulator(tmp_path, capsys):
     assert "(0 wrong)" in text
     assert "| 8x70 | float32 | fastxent | fwd+bwd |" in text
     assert "device copy" in text
+    assert "| 24x8x20 | float32 | fastxent (numba arrays) | linear fwd+bwd |" in text
     assert (tmp_path / "gpu_check.json").exists()

@@ -296,6 +296,13 @@ def test_bad_input(rng, change, error, match):
     x, W, bias, target = _problem(rng)
     args = dict(x=x, W=W, target=target, bias=bias)
     args.update(change)
+    assert_both_raise(args, error, match)
+
+
+def assert_both_raise(args, error, match):
+    """linear_cross_entropy_with_grad, and linear_cross_entropy unless
+    grad_output is given, raise ``error`` on ``args`` (x, W, target and
+    keywords)."""
     operands = (args.pop("x"), args.pop("W"), args.pop("target"))
     with pytest.raises(error, match=match):
         fx.linear_cross_entropy_with_grad(*operands, **args)
@@ -336,13 +343,14 @@ def test_peak_memory_is_a_fraction_of_the_logits(rng):
     assert extra <= logits_bytes / 8
 
 
-def test_cuda_arrays_are_refused_clearly(rng):
-    class FakeDeviceArray:
-        __cuda_array_interface__ = {"shape": (13, 5), "typestr": "<f8", "data": (0, False),
-                                    "version": 3}
+def test_host_and_device_arrays_do_not_mix(rng):
+    """CUDA arrays run on the GPU path (tests/test_cuda_linear.py); a host
+    array among them is a TypeError, as for every other function."""
+    pytest.importorskip("fastxent.cuda._numba_cuda")
+    from numba import cuda
 
     x, W, bias, target = _problem(rng)
-    with pytest.raises(NotImplementedError, match="CUDA"):
-        fx.linear_cross_entropy_with_grad(FakeDeviceArray(), W, target)
-    with pytest.raises(NotImplementedError, match="CUDA"):
-        fx.linear_cross_entropy(x, W, target, bias=FakeDeviceArray())
+    with pytest.raises(TypeError, match="host"):
+        fx.linear_cross_entropy_with_grad(cuda.to_device(x), W, target)
+    with pytest.raises(TypeError, match="host"):
+        fx.linear_cross_entropy(x, W, target, bias=cuda.to_device(bias))

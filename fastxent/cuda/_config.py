@@ -99,3 +99,68 @@ def elementwise_launch(n: int) -> tuple[int, int]:
     """(blocks, threads per block) for an elementwise kernel over n items."""
     check_block(ELEMENTWISE_BLOCK, None)
     return max(1, min(-(-n // ELEMENTWISE_BLOCK), MAX_BLOCKS)), ELEMENTWISE_BLOCK
+
+
+# ------------------------------------------------------------------ the GEMM
+# Compiled into the linear cross-entropy's GEMM (``fastxent.cuda.linear``) on
+# a GPU; the simulator runs small tiles, so that the tests' small shapes span
+# several tiles and partial ones.
+
+#: Each block of the GEMM computes a GEMM_TILE x GEMM_TILE tile of the output.
+GEMM_TILE = 8 if SIMULATED else 128
+
+#: The inner dimension is read GEMM_TILE_K at a time (two shared panels of
+#: GEMM_TILE_K x GEMM_TILE: 8 KiB in float32 at 128 x 8).
+GEMM_TILE_K = 4 if SIMULATED else 8
+
+#: Each thread accumulates a GEMM_THREAD x GEMM_THREAD register tile
+#: (64 FMAs per 16 shared-memory loads at 8); (GEMM_TILE / GEMM_THREAD)²
+#: threads per block (256 on a GPU).
+GEMM_THREAD = 2 if SIMULATED else 8
+
+#: Register limits of the GEMM, by the operands' itemsize (ptxas -v, sm_90):
+#: float32 fits 128 without spills (two blocks of 256 threads per SM);
+#: float64's 8 x 8 tile of doubles takes 194-206 at 255 (no spills, one
+#: block per SM), where 128 spilled about 500 bytes into the inner loop.
+GEMM_MAX_REGISTERS = {4: 128, 8: 255}
+
+
+#: A GEMM whose output has fewer tiles than this splits its inner dimension
+#: into slices (one more grid dimension) to fill the GPU: two blocks on each
+#: of an H100/H200's 132 SMs.
+GEMM_MIN_BLOCKS = 4 if SIMULATED else 264
+
+#: ... but no slice shorter than this along the inner dimension (the slices'
+#: partial products are written out and summed: an output-sized store each).
+GEMM_MIN_SLICE = 8 if SIMULATED else 512
+
+
+def gemm_launch(n_rows: int, n_cols: int, depth: int) -> tuple[tuple[int, int, int], int, int]:
+    """(grid (column tiles, row tiles, slices), threads per block, inner
+    length per slice) of the GEMM for an (n_rows, n_cols) output over an
+    inner dimension of ``depth``."""
+    side = GEMM_TILE // GEMM_THREAD
+    col_tiles, row_tiles = -(-n_cols // GEMM_TILE), -(-n_rows // GEMM_TILE)
+    slices = 1
+    if col_tiles * row_tiles < GEMM_MIN_BLOCKS:
+        want = -(-GEMM_MIN_BLOCKS // (col_tiles * row_tiles))
+        slices = max(1, min(want, depth // GEMM_MIN_SLICE))
+    per_slice = -(-depth // slices) if depth else 0
+    per_slice += -per_slice % GEMM_TILE_K  # whole panels
+    slices = -(-depth // per_slice) if per_slice else 1
+    if row_tiles > 65535:  # the grid's y extent (a row-tile loop would cost registers)
+        raise ValueError(f"an output of {n_rows} rows exceeds the GEMM's grid "
+                         f"({65535 * GEMM_TILE} rows)")
+    return (col_tiles, row_tiles, slices), side * side, per_slice
+
+#: The linear cross-entropy's products for torch tensors and CuPy arrays go
+#: to their library's matmul (cuBLAS: tensor cores, tuned kernels) when True;
+#: False sends every kind of array to the tiled GEMM of fastxent.cuda.linear
+#: (Numba device arrays and unknown libraries always go there).
+LIBRARY_GEMM = True
+
+#: The linear cross-entropy's chunk of logits, in bytes (the rows per chunk
+#: follow from the class count, as on the CPU, where the cache size sets it):
+#: 520 rows at C = 32000 float32, 1/16 of the logits at N = 8192, large
+#: enough that the logits and dW products fill the GPU.
+LINEAR_CHUNK_BYTES = 64 << 20

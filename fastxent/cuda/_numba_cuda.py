@@ -120,6 +120,10 @@ if SIMULATED:
     def is_device_array(obj: Any) -> bool:
         return isinstance(obj, FakeCUDAArray)
 
+    def host_view(dev: Any) -> np.ndarray:
+        """The NumPy array that holds a simulated device array's memory (a view)."""
+        return dev._ary
+
 else:
     from numba.cuda.cudadrv.devicearray import DeviceNDArray
 
@@ -148,6 +152,9 @@ else:
 
     def is_device_array(obj: Any) -> bool:
         return isinstance(obj, DeviceNDArray)
+
+    def host_view(dev: Any) -> np.ndarray:
+        raise TypeError("device memory has no host view on a GPU (simulator only)")
 
 
 # ---------------------------------------------------------------- device helpers
@@ -367,4 +374,4 @@ def per_thread_default_stream() -> Any:
 __all__ = ["cuda", "SIMULATED", "exp", "log", "log1p", "div", "load4", "store4", "load1", "store1",
            "address", "fmax", "fmin", "exp_fast", "cast_like", "syncwarp", "as_device_array", "external_stream",
            "default_stream", "kernel", "legacy_default_stream", "per_thread_default_stream",
-           "is_device_array"]
+           "is_device_array", "host_view"]

@@ -16,6 +16,12 @@ Host and device arrays cannot be mixed (TypeError); scalars (``grad_output``,
 a BCE ``weight``) may be host numbers.  The host waits only for the label
 check of class-index targets and the range check of BCE probabilities (one
 small copy each).
+
+The fused linear cross-entropy (``fastxent._linear``) runs its chunk loop
+on this backend through :class:`CudaOps`: the three products of a chunk by
+:meth:`CudaBackend.matmul` (cuBLAS through torch / CuPy for their arrays,
+else the tiled GEMM of ``fastxent.cuda.linear``), the fused cross-entropy
+kernel in place on the chunk's logits, and the loss finished on the device.
 """
 
 from __future__ import annotations
@@ -32,9 +38,11 @@ from fastxent.cuda import _arrays as arrays
 from fastxent.cuda import _config
 from fastxent.cuda import binary as binary_kernels
 from fastxent.cuda import divergence as divergence_kernels
+from fastxent.cuda import linear as linear_kernels
 from fastxent.cuda import softmax as softmax_kernels
 from fastxent.cuda import xent as xent_kernels
 from fastxent.cuda._arrays import Buffer, Call
+from fastxent.cuda._numba_cuda import SIMULATED, host_view
 
 _F64 = np.dtype(np.float64)
 
@@ -70,9 +78,15 @@ class CudaBackend:
 
     name = "cuda"
 
+    @property
+    def chunk_bytes(self) -> int:
+        """The size of a chunk of logits of the linear cross-entropy."""
+        return _config.LINEAR_CHUNK_BYTES
+
     def __init__(self, primary: Any):
         self.call = Call(primary)
         self._owners: dict = {}  # id(native view) -> its Buffer (the library's array)
+        self._wrapped: dict = {}  # device views as the library's arrays (_library_array)
 
     def _own(self, buf: Buffer) -> Any:
         self._owners[id(buf.dev)] = buf
@@ -259,6 +273,205 @@ class CudaBackend:
             launch, tpr = self._row_launch(divergence_kernels.divergence_rows, n_rows, n_classes)
             launch(p2, q2, int(kind), values, grad, tpr, _shuffle())
         return values, grad
+
+
+    # ----------------------------------------------- linear cross-entropy
+    def matmul(self, a: Any, b: Any, out: Any, *, transpose_a: bool = False,
+               transpose_b: bool = False, bias: Optional[Any] = None,
+               accumulate: bool = False) -> None:
+        """out = op(a) @ op(b) (+ bias) (+ out when ``accumulate``), op = the
+        transpose where asked (read through the strides, no copy).  Operands
+        of one float dtype, any strides; ``out`` C-contiguous.  torch tensors
+        and CuPy arrays go to their library's matmul (cuBLAS) when
+        ``_config.LIBRARY_GEMM``, everything else to the tiled GEMM kernel."""
+        n_rows, n_cols = out.shape
+        if not (n_rows and n_cols):
+            return
+        if _config.LIBRARY_GEMM and self.call.library in ("torch", "cupy"):
+            self._library_matmul(a, b, out, transpose_a, transpose_b, bias, accumulate)
+            return
+        depth = a.shape[0] if transpose_a else a.shape[1]
+        grid, threads, per_slice = _config.gemm_launch(n_rows, n_cols, depth)
+        kernel = linear_kernels.GEMM[bool(transpose_a), bool(transpose_b), out.dtype.itemsize]
+        launch = self.call.launch(kernel, grid, threads)
+        if grid[2] == 1:
+            launch(a, b, bias, out.reshape(1, n_rows, n_cols), bool(accumulate), np.int64(per_slice))
+            return
+        slices = self.call.empty((grid[2], n_rows, n_cols), out.dtype)
+        launch(a, b, None, slices.dev, False, np.int64(per_slice))
+        blocks, threads = _config.elementwise_launch(n_rows * n_cols)
+        self.call.launch(linear_kernels.sum_slices, blocks, threads)(slices.dev, bias, out,
+                                                                     bool(accumulate))
+
+    def _library_array(self, dev: Any) -> Any:
+        """The call library's zero-copy array of a device view (on the
+        simulator a CPU tensor over the same host memory).  Cached per view
+        for the call: the chunk loop multiplies the same W, bias, dW and
+        logits buffer in every chunk, and each wrap costs host time."""
+        cai = dev.__cuda_array_interface__
+        key = (cai["data"][0], tuple(cai["shape"]), cai.get("strides"), cai["typestr"])
+        wrapped = self._wrapped.get(key)
+        if wrapped is None:
+            wrapped = self._wrapped[key] = self._wrap(dev)
+        return wrapped
+
+    def _wrap(self, dev: Any) -> Any:
+        if self.call.library == "torch":
+            import torch
+
+            if SIMULATED:
+                return torch.from_numpy(host_view(dev))
+            return torch.as_tensor(dev, device=self.call.primary.device)
+        import cupy
+
+        with self.call.primary.device:
+            return cupy.asarray(dev)
+
+    def _library_matmul(self, a: Any, b: Any, out: Any, transpose_a: bool, transpose_b: bool,
+                        bias: Optional[Any], accumulate: bool) -> None:
+        A, B, O = (self._library_array(v) for v in (a, b, out))
+        A = A.T if transpose_a else A
+        B = B.T if transpose_b else B
+        if self.call.library == "torch":  # on torch's current stream: the call's
+            import torch
+
+            if accumulate:
+                O.addmm_(A, B)
+            elif bias is not None:
+                torch.addmm(self._library_array(bias), A, B, out=O)
+            else:
+                torch.matmul(A, B, out=O)
+            return
+        import cupy  # on CuPy's current stream: the call's
+
+        with self.call.primary.device:
+            if accumulate:
+                O += A @ B
+            else:
+                cupy.matmul(A, B, out=O)
+            if bias is not None:
+                O += self._library_array(bias)
+
+    def scale_into(self, out: Any, a: Any, factor: float) -> None:
+        """out = factor * a (2-D, one shape)."""
+        if out.size:
+            blocks, threads = _config.elementwise_launch(out.size)
+            self.call.launch(linear_kernels.scale_into, blocks, threads)(
+                out, a, out.dtype.type(factor))
+
+    def add_column_sums(self, acc: Any, g: Any) -> None:
+        """acc (float64) += the column sums of g."""
+        if g.size:
+            blocks, threads = _config.elementwise_launch(g.shape[1])
+            self.call.launch(linear_kernels.add_column_sums, blocks, threads)(acc, g)
+
+    def add_loss(self, total: Any, value: Any) -> None:
+        """total[0] (float64) += value[0], on the device."""
+        self.call.launch(linear_kernels.add_loss, 1, 1)(total, value)
+
+    def finish_loss(self, total: Any, denominator: Optional[float], half_l2: float,
+                    w: Optional[Any], dtype: np.dtype) -> Any:
+        """(1,) array of ``dtype``: total[0] / denominator (None: no division)
+        + half_l2 * ||w||² (w None: no penalty), summed on the device."""
+        call = self.call
+        blocks, threads = _config.elementwise_launch(1 if w is None else w.size)
+        partials = call.empty((2 * blocks,), np.float64)
+        status = call.status(blocks)
+        result = self._empty((1,), dtype)
+        call.launch(linear_kernels.finish_loss, blocks, threads)(
+            total, denominator is not None, 0.0 if denominator is None else float(denominator),
+            float(half_l2), w, partials.dev, status.dev, result, _shuffle())
+        return result
+
+
+class CudaOps:
+    """The array work of the linear cross-entropy's chunk loop
+    (``fastxent._linear.run``, see ``NumPyOps`` there for the methods) on the
+    CUDA backend of one call: Numba device views of the caller's arrays,
+    buffers from the caller's library, every step a launch on the call's
+    stream.  The labels were checked once, before the loop (one host wait):
+    each chunk's loss kernel reuses that scan, so the loop itself never waits
+    for the device.  Results come back as the caller's kind of array."""
+
+    def __init__(self, problem: Any):
+        self.backend: CudaBackend = problem.backend
+        self.call = self.backend.call
+        self.scan = problem.scan
+        self._buffers: dict = {}  # device pointer -> Buffer, of the loop's allocations
+
+    def _keep(self, buf: Buffer) -> Any:
+        self._buffers[arrays.span(buf.dev)[0]] = buf
+        return self.backend._own(buf)
+
+    def asarray(self, a: Any) -> Any:
+        return a  # the problem's fields already are device views
+
+    def empty(self, shape: Tuple[int, ...], dtype: np.dtype) -> Any:
+        return self._keep(self.call.empty(shape, dtype))
+
+    def zeros(self, shape: Tuple[int, ...], dtype: np.dtype) -> Any:
+        return self._keep(self.call.zeros(shape, dtype))
+
+    def gemm_operand(self, a: Any) -> Any:
+        return a  # the GEMMs read any strides
+
+    def logits(self, x: Any, W: Any, bias: Optional[Any], out: Any) -> None:
+        self.backend.matmul(x, W, out, transpose_b=True, bias=bias)
+
+    def matmul(self, a: Any, b: Any, out: Any) -> None:
+        self.backend.matmul(a, b, out)
+
+    def weight_grad(self, dW: Any, G: Any, x: Any, *, accumulate: bool) -> None:
+        self.backend.matmul(G, x, dW, transpose_a=True, accumulate=accumulate)
+
+    def cross_entropy(self, logits: Any, target: Any, *, reduction: str, want_grad: bool,
+                      grad_output: Any = None, weight: Optional[Any] = None,
+                      label_smoothing: float = 0.0, ignore_index: Optional[int] = None) -> Any:
+        scale = None
+        if want_grad:
+            scale = (GradScale(float(grad_output)) if isinstance(grad_output, numbers.Number)
+                     else GradScale(1.0, grad_output))
+        grad = logits if want_grad else None  # in place: each row is read before it is written
+        reduction = Reduction(reduction)
+        if self.scan is not None:
+            return self.backend.cross_entropy_hard(
+                logits, target, self.scan, weight, ignore_index=ignore_index,
+                smoothing=label_smoothing, reduction=reduction, grad_scale=scale, grad=grad)
+        return self.backend.cross_entropy_soft(logits, target, weight, smoothing=label_smoothing,
+                                               reduction=reduction, grad_scale=scale, grad=grad)
+
+    def copy_rows(self, dst: Any, start: int, src: Any) -> None:
+        if src.shape[0]:
+            self.backend.copy_into(dst[start:start + src.shape[0]], src)
+
+    def add_loss(self, total: Any, value: Any) -> Any:
+        if total is None:
+            total = self.call.zeros((1,), np.float64).dev
+        self.backend.add_loss(total, value)
+        return total
+
+    def reduced_loss(self, total: Any, denominator: Optional[float], half_l2: float, W: Any,
+                     dtype: np.dtype) -> Any:
+        if total is None:  # no rows
+            total = self.call.zeros((1,), np.float64).dev
+        result = self.backend.finish_loss(total, denominator, half_l2,
+                                          W if half_l2 != 0.0 else None, W.dtype)
+        return self.backend.result(result, dtype, ())
+
+    def scale_into(self, out: Any, a: Any, factor: float) -> None:
+        self.backend.scale_into(out, a, factor)
+
+    def add_column_sums(self, acc: Any, G: Any) -> None:
+        self.backend.add_column_sums(acc, G)
+
+    def result(self, a: Any, dtype: np.dtype) -> Any:
+        """A loop buffer (or a reshaped view of one) as the caller's array of ``dtype``."""
+        if not a.size:
+            return self.call.result(self.call.empty(a.shape, dtype))
+        buf = self._buffers[arrays.span(a)[0]]
+        if a.dtype != dtype:  # a cast copy (float16 results, the float64 dbias)
+            return self.call.result(arrays.gather(self.call, a, tuple(range(len(a.shape))), dtype))
+        return self.call.result(buf, a.shape)
 
 
 def backend_for(primary: Any) -> CudaBackend:
