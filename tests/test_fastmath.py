@@ -3,6 +3,8 @@ float64 (exp, log) over the whole range, with the special values.  The exps
 are checked over 2 million random arguments per test and seed, plus every
 argument within 1e-5 of a range-reduction boundary (k + 1/2) ln 2."""
 
+import math
+
 import numpy as np
 import pytest
 from numba import njit
@@ -156,3 +158,28 @@ def test_log1p_ends():
     with np.errstate(all="ignore"):
         expected = np.log1p(x)
     np.testing.assert_array_equal(_apply(_log1p_loop, x), expected)
+
+
+@njit(fastmath=FASTMATH, error_model="numpy")
+def _not_finite_mask(x, out):
+    """Vectorised (the loop) and scalar (the last element, after the loop)
+    uses of the tests the kernels make: math.isfinite and x != x."""
+    for i in range(x.shape[0]):
+        out[i] = 0 if math.isfinite(x[i]) else 1
+        out[i] += 2 if x[i] != x[i] else 0
+    last = x[x.shape[0] - 1]
+    return (0 if math.isfinite(last) else 1) + (2 if last != last else 0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_infinity_and_nan_tests_survive_the_kernels_fastmath_flags(dtype):
+    """Under ``nnan``/``ninf`` LLVM may fold math.isfinite to True and
+    x != x to False (max_shift_sum_exp, row_shift and finish_rows in _rows.py
+    rely on them): the kernels' flag set must keep them."""
+    x = np.array([1.0, np.inf, -np.inf, np.nan, 0.0, -3.5, np.finfo(dtype).max, np.nan] * 5,
+                 dtype=dtype)
+    out = np.empty(x.shape[0], dtype=np.int64)
+    last = _not_finite_mask(x, out)
+    expected = (~np.isfinite(x)).astype(np.int64) + 2 * np.isnan(x)
+    np.testing.assert_array_equal(out, expected)
+    assert last == 3

@@ -51,8 +51,11 @@ def target_cpu() -> Tuple[str, FrozenSet[str]]:
 # Widths measured per CPU (LLVM's names), kernel time side by side with the
 # other width (docs/performance.md).  znver5 (AMD EPYC, Zen 5): 256 bits ran
 # the cross-entropy kernels 14-27% faster at 4096 x 1000 and 65536 x 10,
-# 512 bits logsumexp 20% faster; the cross-entropy decides.
-MEASURED_VECTOR_WIDTH = {"znver5": 256}
+# 512 bits logsumexp 20% faster; the cross-entropy decides.  znver4 (AMD
+# EPYC, Zen 4: 512-bit operations double-pumped on 256-bit units): 512 bits
+# 5-21% faster on every kernel but log_softmax (4% slower: a memory-bound
+# pass) and logsumexp (even); the exp loop 0.27 against 0.42 ns/element.
+MEASURED_VECTOR_WIDTH = {"znver5": 256, "znver4": 512}
 
 
 def vector_width() -> Optional[int]:
