@@ -133,11 +133,15 @@ class _pick_keepdims:
 _mean = checks.mean_of  # total / denominator; NaN over no (weighted) rows, as PyTorch
 
 
+def _reduced_value(pairs: np.ndarray, reduction: str) -> float:
+    """The mean or sum (float64) from the reduced (loss sum, denominator) pair."""
+    total, denominator = float(pairs[0]), float(pairs[1])
+    return _mean(total, denominator) if reduction == "mean" else total
+
+
 def _finish_reduction(pairs: np.ndarray, reduction: str, dtype: np.dtype) -> np.ndarray:
     """0-d result from the reduced (loss sum, denominator) pair."""
-    total, denominator = float(pairs[0]), float(pairs[1])
-    value = _mean(total, denominator) if reduction == "mean" else total
-    return np.asarray(value, dtype=dtype)
+    return np.asarray(_reduced_value(pairs, reduction), dtype=dtype)
 
 
 def _reduce_pairs(pairs: da.Array, reduction: str, dtype: np.dtype) -> da.Array:
@@ -386,25 +390,41 @@ def _ce_rows_block(x, t, weight, hard, n_classes, ignore_index, smoothing, batch
     kw = dict(weight=weight, label_smoothing=smoothing)
     if hard:
         kw["ignore_index"] = ignore_index
-        labels = t[..., 0]
-        _check_labels_block(labels, n_classes, ignore_index, batch_shape, block_info, 0)
-        denominator = _kept_weight(labels, weight, ignore_index)
-    else:
-        labels = t
-        denominator = float(math.prod(x.shape[:-1]))
+    labels, denominator = _block_labels(t, x.shape, hard, weight, n_classes, ignore_index,
+                                        batch_shape, block_info)
     none = reduction == "none"
     block_reduction = "none" if none else "sum"
     if want_grad:
-        g = row_scale[..., 0] if isinstance(row_scale, np.ndarray) else row_scale
         loss, grad = api.cross_entropy_with_grad(x, labels, reduction=block_reduction,
-                                                 grad_output=g, **kw)
+                                                 grad_output=_row_scale_block(row_scale), **kw)
     else:
         loss, grad = api.cross_entropy(x, labels, reduction=block_reduction, **kw), None
-    if none:
-        value = np.asarray(loss)
-    else:
-        value = np.array([float(loss), denominator]).reshape((1,) * (x.ndim - 1) + (2,))
+    value = np.asarray(loss) if none else _pair_block(loss, denominator, x.ndim - 1)
     return (value, grad) if want_grad else value
+
+
+def _block_labels(t: np.ndarray, x_shape: tuple, hard: bool, weight: Optional[np.ndarray],
+                  n_classes: int, ignore_index: int, batch_shape: tuple,
+                  block_info: dict) -> Tuple[np.ndarray, float]:
+    """A block's targets as the kernels take them (hard labels checked, with
+    global row numbers in the message) and its share of the mean's
+    denominator (Σ w_y over kept rows; the row count for soft targets)."""
+    if not hard:
+        return t, float(math.prod(x_shape[:-1]))
+    labels = t[..., 0]
+    _check_labels_block(labels, n_classes, ignore_index, batch_shape, block_info, 0)
+    return labels, _kept_weight(labels, weight, ignore_index)
+
+
+def _row_scale_block(row_scale: Any) -> Any:
+    """A block's grad_output: a scalar, or its (..., 1) per-row factors as (...)."""
+    return row_scale[..., 0] if isinstance(row_scale, np.ndarray) else row_scale
+
+
+def _pair_block(loss: Any, denominator: float, n_batch_dims: int) -> np.ndarray:
+    """A block's (loss sum, denominator) pair, shaped (1, ..., 1, 2) to stand
+    in the grid of per-block pairs."""
+    return np.array([float(loss), denominator]).reshape((1,) * n_batch_dims + (2,))
 
 
 def _denominator_block(t, weight, n_classes, ignore_index, batch_shape, block_info=None):
@@ -857,13 +877,8 @@ def _linear_block(xb, tb, W, bias, n_classes, weight, ignore_index, smoothing, h
     is added once, after the reduction).  Returns (value, dx, dW, dbias)."""
     from fastxent import _linear
 
-    if hard:
-        labels = tb[..., 0]
-        _check_labels_block(labels, n_classes, ignore_index, batch_shape, block_info, 0)
-        denominator = _kept_weight(labels, weight, ignore_index)
-    else:
-        labels = tb
-        denominator = float(math.prod(xb.shape[:-1]))
+    labels, denominator = _block_labels(tb, xb.shape, hard, weight, n_classes, ignore_index,
+                                        batch_shape, block_info)
     none = reduction == "none"
     kw = dict(bias=bias, weight=weight, label_smoothing=smoothing,
               reduction="none" if none else "sum", chunk_size=chunk_size)
@@ -873,12 +888,10 @@ def _linear_block(xb, tb, W, bias, n_classes, weight, ignore_index, smoothing, h
         loss = _linear.linear_cross_entropy(xb, W, labels, **kw)
         dx = dW = db = None
     else:
-        g = row_scale[..., 0] if isinstance(row_scale, np.ndarray) else row_scale
-        loss, (dx, dW, db) = _linear.linear_cross_entropy_with_grad(xb, W, labels, grad_output=g,
-                                                                    **kw)
+        loss, (dx, dW, db) = _linear.linear_cross_entropy_with_grad(
+            xb, W, labels, grad_output=_row_scale_block(row_scale), **kw)
     lead = (1,) * (xb.ndim - 1)
-    value = (np.asarray(loss)[..., None] if none
-             else np.array([float(loss), denominator]).reshape(lead + (2,)))
+    value = np.asarray(loss)[..., None] if none else _pair_block(loss, denominator, xb.ndim - 1)
     if not want_grad:
         return value
     dW = np.asarray(dW, dtype=np.float64).reshape(lead + dW.shape)
@@ -888,8 +901,7 @@ def _linear_block(xb, tb, W, bias, n_classes, weight, ignore_index, smoothing, h
 
 def _linear_finish(pairs, W, l2, reduction, dtype):
     """Reduced loss plus (l2/2)‖W‖²."""
-    total, denominator = float(pairs[0]), float(pairs[1])
-    value = _mean(total, denominator) if reduction == "mean" else total
+    value = _reduced_value(pairs, reduction)
     if l2:
         W64 = np.asarray(W, dtype=np.float64)
         value += 0.5 * l2 * float(np.sum(W64 * W64))
@@ -1071,7 +1083,7 @@ def _limit_kernel_threads_in_a_worker() -> None:
     import os
 
     limit = os.environ.get("OMP_NUM_THREADS")
-    if not limit or not limit.isdigit() or threading_in_worker() is None:
+    if not limit or not limit.isdigit() or _current_worker() is None:
         return
     import numba
 
@@ -1080,7 +1092,7 @@ def _limit_kernel_threads_in_a_worker() -> None:
         numba.set_num_threads(wanted)
 
 
-def threading_in_worker() -> Any:
+def _current_worker() -> Any:
     """The distributed Worker whose task thread this is, else None."""
     try:
         from distributed import get_worker
