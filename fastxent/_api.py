@@ -18,20 +18,13 @@ from numpy.typing import ArrayLike
 from fastxent import _checks as checks
 from fastxent._backend import (Backend, BinaryInput, Divergence, GradScale, LabelScan, Reduction,
                                SoftmaxMode, backend_of, public)
-from fastxent._checks import IGNORE_INDEX_DEFAULT
+from fastxent._checks import IGNORE_INDEX_DEFAULT, ROW_FUNCTIONS
 
 Axis = Union[int, Tuple[int, ...], None]
 ReductionName = Literal["none", "mean", "sum"]
 Loss = Union[np.ndarray, np.floating]
 
-__all__ = [
-    "logsumexp", "softmax", "log_softmax",
-    "cross_entropy", "cross_entropy_with_grad",
-    "binary_cross_entropy", "binary_cross_entropy_with_grad",
-    "binary_cross_entropy_with_logits", "binary_cross_entropy_with_logits_with_grad",
-    "entropy", "entropy_with_grad", "kl_divergence", "kl_divergence_with_grad",
-    "cross_entropy_probs", "cross_entropy_probs_with_grad",
-]
+__all__ = list(ROW_FUNCTIONS)
 
 _F64 = np.dtype(np.float64)
 _I64 = np.dtype(np.int64)

@@ -28,6 +28,18 @@ REDUCTIONS = ("none", "mean", "sum")
 _FLOAT32, _FLOAT64 = np.dtype(np.float32), np.dtype(np.float64)
 _REDUCTIONS = {r.value: r for r in Reduction}
 
+# The array functions by name.  One name on every backend: fastxent,
+# fastxent.reference and fastxent.dask each define all of them.
+ROW_FUNCTIONS = (
+    "logsumexp", "softmax", "log_softmax",
+    "cross_entropy", "cross_entropy_with_grad",
+    "binary_cross_entropy", "binary_cross_entropy_with_grad",
+    "binary_cross_entropy_with_logits", "binary_cross_entropy_with_logits_with_grad",
+    "entropy", "entropy_with_grad", "kl_divergence", "kl_divergence_with_grad",
+    "cross_entropy_probs", "cross_entropy_probs_with_grad",
+)
+LINEAR_FUNCTIONS = ("linear_cross_entropy", "linear_cross_entropy_with_grad")
+
 
 # ----------------------------------------------------------------- dtypes
 def compute_dtype(dtype: np.dtype, name: str) -> tuple[np.dtype, np.dtype]:

@@ -20,14 +20,7 @@ from fastxent import _checks as checks
 
 Axis = Union[int, Sequence[int], None]
 
-__all__ = [
-    "logsumexp", "softmax", "log_softmax",
-    "cross_entropy", "cross_entropy_with_grad",
-    "binary_cross_entropy", "binary_cross_entropy_with_grad",
-    "binary_cross_entropy_with_logits", "binary_cross_entropy_with_logits_with_grad",
-    "entropy", "entropy_with_grad", "kl_divergence", "kl_divergence_with_grad",
-    "cross_entropy_probs", "cross_entropy_probs_with_grad",
-]
+__all__ = [*checks.ROW_FUNCTIONS, *checks.LINEAR_FUNCTIONS]
 
 
 def _work(x: ArrayLike, name: str) -> Tuple[np.ndarray, np.dtype]:
@@ -332,11 +325,6 @@ def cross_entropy_probs_with_grad(p: ArrayLike, q: ArrayLike, axis: Axis = -1) -
 
 
 # ------------------------------------------------------ linear cross-entropy
-# (reference versions of linear_cross_entropy / linear_cross_entropy_with_grad
-# are appended below by fastxent/_linear.py's author)
-
-
-__all__ += ["linear_cross_entropy", "linear_cross_entropy_with_grad"]
 
 
 def _linear_operands(x, W, bias):
