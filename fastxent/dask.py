@@ -133,11 +133,15 @@ class _pick_keepdims:
 _mean = checks.mean_of  # total / denominator; NaN over no (weighted) rows, as PyTorch
 
 
+def _reduced_value(pairs: np.ndarray, reduction: str) -> float:
+    """The mean or sum (float64) from the reduced (loss sum, denominator) pair."""
+    total, denominator = float(pairs[0]), float(pairs[1])
+    return _mean(total, denominator) if reduction == "mean" else total
+
+
 def _finish_reduction(pairs: np.ndarray, reduction: str, dtype: np.dtype) -> np.ndarray:
     """0-d result from the reduced (loss sum, denominator) pair."""
-    total, denominator = float(pairs[0]), float(pairs[1])
-    value = _mean(total, denominator) if reduction == "mean" else total
-    return np.asarray(value, dtype=dtype)
+    return np.asarray(_reduced_value(pairs, reduction), dtype=dtype)
 
 
 def _reduce_pairs(pairs: da.Array, reduction: str, dtype: np.dtype) -> da.Array:
@@ -386,25 +390,41 @@ def _ce_rows_block(x, t, weight, hard, n_classes, ignore_index, smoothing, batch
     kw = dict(weight=weight, label_smoothing=smoothing)
     if hard:
         kw["ignore_index"] = ignore_index
-        labels = t[..., 0]
-        _check_labels_block(labels, n_classes, ignore_index, batch_shape, block_info, 0)
-        denominator = _kept_weight(labels, weight, ignore_index)
-    else:
-        labels = t
-        denominator = float(math.prod(x.shape[:-1]))
+    labels, denominator = _block_labels(t, x.shape, hard, weight, n_classes, ignore_index,
+                                        batch_shape, block_info)
     none = reduction == "none"
     block_reduction = "none" if none else "sum"
     if want_grad:
-        g = row_scale[..., 0] if isinstance(row_scale, np.ndarray) else row_scale
         loss, grad = api.cross_entropy_with_grad(x, labels, reduction=block_reduction,
-                                                 grad_output=g, **kw)
+                                                 grad_output=_row_scale_block(row_scale), **kw)
     else:
         loss, grad = api.cross_entropy(x, labels, reduction=block_reduction, **kw), None
-    if none:
-        value = np.asarray(loss)
-    else:
-        value = np.array([float(loss), denominator]).reshape((1,) * (x.ndim - 1) + (2,))
+    value = np.asarray(loss) if none else _pair_block(loss, denominator, x.ndim - 1)
     return (value, grad) if want_grad else value
+
+
+def _block_labels(t: np.ndarray, x_shape: tuple, hard: bool, weight: Optional[np.ndarray],
+                  n_classes: int, ignore_index: int, batch_shape: tuple,
+                  block_info: dict) -> Tuple[np.ndarray, float]:
+    """A block's targets as the kernels take them (hard labels checked, with
+    global row numbers in the message) and its share of the mean's
+    denominator (Σ w_y over kept rows; the row count for soft targets)."""
+    if not hard:
+        return t, float(math.prod(x_shape[:-1]))
+    labels = t[..., 0]
+    _check_labels_block(labels, n_classes, ignore_index, batch_shape, block_info, 0)
+    return labels, _kept_weight(labels, weight, ignore_index)
+
+
+def _row_scale_block(row_scale: Any) -> Any:
+    """A block's grad_output: a scalar, or its (..., 1) per-row factors as (...)."""
+    return row_scale[..., 0] if isinstance(row_scale, np.ndarray) else row_scale
+
+
+def _pair_block(loss: Any, denominator: float, n_batch_dims: int) -> np.ndarray:
+    """A block's (loss sum, denominator) pair, shaped (1, ..., 1, 2) to stand
+    in the grid of per-block pairs."""
+    return np.array([float(loss), denominator]).reshape((1,) * n_batch_dims + (2,))
 
 
 def _denominator_block(t, weight, n_classes, ignore_index, batch_shape, block_info=None):
@@ -857,13 +877,8 @@ def _linear_block(xb, tb, W, bias, n_classes, weight, ignore_index, smoothing, h
     is added once, after the reduction).  Returns (value, dx, dW, dbias)."""
     from fastxent import _linear
 
-    if hard:
-        labels = tb[..., 0]
-        _check_labels_block(labels, n_classes, ignore_index, batch_shape, block_info, 0)
-        denominator = _kept_weight(labels, weight, ignore_index)
-    else:
-        labels = tb
-        denominator = float(math.prod(xb.shape[:-1]))
+    labels, denominator = _block_labels(tb, xb.shape, hard, weight, n_classes, ignore_index,
+                                        batch_shape, block_info)
     none = reduction == "none"
     kw = dict(bias=bias, weight=weight, label_smoothing=smoothing,
               reduction="none" if none else "sum", chunk_size=chunk_size)
@@ -873,12 +888,10 @@ def _linear_block(xb, tb, W, bias, n_classes, weight, ignore_index, smoothing, h
         loss = _linear.linear_cross_entropy(xb, W, labels, **kw)
         dx = dW = db = None
     else:
-        g = row_scale[..., 0] if isinstance(row_scale, np.ndarray) else row_scale
-        loss, (dx, dW, db) = _linear.linear_cross_entropy_with_grad(xb, W, labels, grad_output=g,
-                                                                    **kw)
+        loss, (dx, dW, db) = _linear.linear_cross_entropy_with_grad(
+            xb, W, labels, grad_output=_row_scale_block(row_scale), **kw)
     lead = (1,) * (xb.ndim - 1)
-    value = (np.asarray(loss)[..., None] if none
-             else np.array([float(loss), denominator]).reshape(lead + (2,)))
+    value = np.asarray(loss)[..., None] if none else _pair_block(loss, denominator, xb.ndim - 1)
     if not want_grad:
         return value
     dW = np.asarray(dW, dtype=np.float64).reshape(lead + dW.shape)
@@ -888,8 +901,7 @@ def _linear_block(xb, tb, W, bias, n_classes, weight, ignore_index, smoothing, h
 
 def _linear_finish(pairs, W, l2, reduction, dtype):
     """Reduced loss plus (l2/2)‖W‖²."""
-    total, denominator = float(pairs[0]), float(pairs[1])
-    value = _mean(total, denominator) if reduction == "mean" else total
+    value = _reduced_value(pairs, reduction)
     if l2:
         W64 = np.asarray(W, dtype=np.float64)
         value += 0.5 * l2 * float(np.sum(W64 * W64))
@@ -1034,34 +1046,125 @@ def linear_cross_entropy_with_grad(x: Any, W: Any, target: Any, *, bias: Any = N
 
 
 # ================================================= distributed SoftmaxRegression
-def _fit_block(xb: np.ndarray, yb: np.ndarray, W: np.ndarray, b: Optional[np.ndarray],
+def _fit_block(xb: np.ndarray, yb: np.ndarray, sb: Optional[np.ndarray], parameters: tuple,
                scale: float) -> np.ndarray:
-    """(loss sum, dW, db) of one block of rows as one flat float64 vector, row
-    shaped (1, 1 + C*D + C): the fused linear cross-entropy without the dx GEMM."""
+    """(loss sum, dW, db) of one block of rows as one flat float64 vector of
+    1 + C*D (+ C): the fused linear cross-entropy without the dx GEMM.  With
+    per-row weights ``sb``: Σ sₙ Lₙ and its gradient.  ``parameters`` is (W, b)."""
     from fastxent import _linear
 
-    problem = _linear.LinearProblem.from_arguments(xb, W, yb[:, 0], bias=b, reduction="sum")
-    loss, _, dW, db = _linear.run(problem, want_grad=True, grad_output=scale, want_dx=False)
+    _limit_kernel_threads_in_a_worker()
+    W, b = parameters
+    weighted = sb is not None
+    problem = _linear.LinearProblem.from_arguments(xb, W, yb.reshape(-1), bias=b,
+                                                   reduction="none" if weighted else "sum")
+    if weighted:
+        s = np.asarray(sb, dtype=np.float64).reshape(-1)
+        losses, _, dW, db = _linear.run(problem, want_grad=True, grad_output=s * scale,
+                                        want_dx=False)
+        loss = float(s @ losses)
+    else:
+        loss, _, dW, db = _linear.run(problem, want_grad=True, grad_output=scale, want_dx=False)
     parts = [np.array([float(loss)]), np.asarray(dW, dtype=np.float64).ravel()]
     if db is not None:
         parts.append(np.asarray(db, dtype=np.float64))
-    return np.concatenate(parts)[None, :]
+    return np.concatenate(parts)
+
+
+def _limit_kernel_threads_in_a_worker() -> None:
+    """In a Dask worker's task thread, run the Numba kernels on at most
+    OMP_NUM_THREADS threads, as distributed asks of OpenMP and BLAS in its
+    workers (its ``pre-spawn-environ`` sets it to 1): each worker thread is
+    one slot of the cluster's cores, and Numba's default of every core per
+    worker oversubscribes them (on 2 cores, two workers' 2-thread kernels
+    ran 5-30x slower under load).  Numba's thread count is per thread, so
+    this sets only the calling task thread's; outside a worker it does
+    nothing."""
+    import os
+
+    limit = os.environ.get("OMP_NUM_THREADS")
+    if not limit or not limit.isdigit() or _current_worker() is None:
+        return
+    import numba
+
+    wanted = max(1, min(int(limit), numba.config.NUMBA_NUM_THREADS))
+    if numba.get_num_threads() != wanted:
+        numba.set_num_threads(wanted)
+
+
+def _current_worker() -> Any:
+    """The distributed Worker whose task thread this is, else None."""
+    try:
+        from distributed import get_worker
+    except ImportError:
+        return None
+    try:
+        return get_worker()
+    except ValueError:
+        return None
+
+
+def _fit_block_as_row(xb, yb, sb, parameters, scale):
+    """``_fit_block`` as a (1, k) block of a Dask array of per-block partials."""
+    return _fit_block(xb, yb, sb, parameters, scale)[None, :]
+
+
+def _sum_vectors(*vectors: np.ndarray) -> np.ndarray:
+    """The sum of equal-length vectors, in argument order (deterministic, so a
+    recomputed block gives bit-identical totals)."""
+    total = np.array(vectors[0], dtype=np.float64)
+    for v in vectors[1:]:
+        total += v
+    return total
 
 
 def _class_index_block(yb: np.ndarray, classes: np.ndarray) -> np.ndarray:
     return np.searchsorted(classes, yb).astype(np.int64)
 
 
+def _active_client() -> Any:
+    """The distributed Client that Dask computes with now, else None (a local
+    scheduler, or distributed not installed)."""
+    try:
+        from distributed import Client
+    except ImportError:
+        return None
+    owner = getattr(dask.base.get_scheduler(), "__self__", None)
+    return owner if isinstance(owner, Client) else None
+
+
+def _block_futures(collection: Any) -> list:
+    """The futures of a persisted Dask array's blocks, in block order."""
+    from distributed import futures_of
+
+    by_key = {f.key: f for f in futures_of(collection)}
+    return [by_key[key] for key in dask.core.flatten(collection.__dask_keys__())]
+
+
+# W and b go inside each block's task up to this many bytes over all tasks;
+# above it they are scattered to every worker once per evaluation.
+_EMBED_PARAMETERS_BYTES = 1 << 22
+
+
 class DistributedObjective:
     """The objective of ``fastxent.sklearn._Objective`` (J / Σs in whitened
-    coordinates) over Dask X and y: X persisted once on the workers; each
-    evaluation broadcasts W and b (one graph key each), every block computes
-    its (loss sum, dW, db) with the fused linear cross-entropy, and a tree
-    reduction (``split_every`` blocks per step) brings back 1 + C(D+1)
-    numbers per block; L-BFGS and the whitening stay on the client."""
+    coordinates) over Dask X and y (and optional per-row weights): X persisted
+    once on the workers; L-BFGS and the whitening stay on the client.
+
+    On a distributed cluster one evaluation is one task per block of rows,
+    submitted straight against the persisted blocks' futures (no Dask-array
+    graph is built, optimised or tokenised per evaluation), with W and b inside
+    each task (scattered to every worker instead when large); each task
+    returns its 1 + C(D+1) numbers (loss sum, dW, db), summed on the workers
+    ``split_every`` at a time while more than ``split_every`` remain, then on
+    the client.  A lost worker's blocks are recomputed by the scheduler from
+    the persisted graph.  On a local scheduler (threads, processes,
+    synchronous) an evaluation is the same per-block work as a Dask-array
+    graph with a tree reduction."""
 
     def __init__(self, X: da.Array, y_index: da.Array, n_classes: int, l2: float,
-                 fit_intercept: bool, split_every: int = 8):
+                 fit_intercept: bool, split_every: int = 8, *,
+                 sample_weight: Optional[da.Array] = None):
         from fastxent import sklearn as fsk
 
         n, d = X.shape
@@ -1069,23 +1172,38 @@ class DistributedObjective:
         self.fit_intercept = fit_intercept
         self.l2 = l2
         self.split_every = split_every
-        self.X, self.y_index = dask.persist(X, y_index)  # once: on the workers from now on
-        self.weight_total = float(n)
-        counts = da.bincount(self.y_index, minlength=n_classes)
+        weighted = sample_weight is not None
+        if weighted:
+            sample_weight = sample_weight.astype(np.float64).rechunk((X.chunks[0],))
+            self.X, self.y_index, self.sample_weight = dask.persist(X, y_index, sample_weight)
+            s = self.sample_weight
+            total, counts = dask.compute(s.sum(), da.bincount(self.y_index, weights=s,
+                                                               minlength=n_classes))
+            self.weight_total = float(total)
+        else:  # once: on the workers from now on (a no-op where they are already)
+            self.X, self.y_index = dask.persist(X, y_index)
+            self.sample_weight = None
+            self.weight_total = float(n)
+            counts = da.bincount(self.y_index, minlength=n_classes).compute()
+        self.class_counts = np.asarray(counts, dtype=np.float64)  # summed weight per class
+        column = self.sample_weight[:, None] if weighted else None
         if fit_intercept:
-            mu, counts = dask.compute(self.X.mean(axis=0, dtype=np.float64), counts)
+            total = (self.X * column).sum(axis=0) if weighted else self.X.sum(axis=0)
+            self.mu = np.asarray(total.compute(), dtype=np.float64) / self.weight_total
         else:
-            mu, counts = np.zeros(d), counts.compute()
-        self.mu, self.class_counts = np.asarray(mu), np.asarray(counts, dtype=np.float64)
+            self.mu = np.zeros(d)
         Z = self.X - self.mu
-        if d > fsk._WHITEN_MAX_FEATURES:
-            moment = (Z * Z).mean(axis=0)
-        else:
-            moment = (Z.T @ Z) / self.weight_total
-        self.M, self.M_inverse_T = fsk._whitening_factors(np.asarray(moment.compute()),
-                                                          l2 * n_classes / self.weight_total)
+        Zs = Z * column if weighted else Z
+        moment = (Z * Zs).sum(axis=0) if d > fsk._WHITEN_MAX_FEATURES else Z.T @ Zs
+        self.M, self.M_inverse_T = fsk._whitening_factors(
+            np.asarray(moment.compute()) / self.weight_total, l2 * n_classes / self.weight_total)
         self.n_evaluations = 0
         self.last = (None, math.nan, None)
+        self._client = _active_client()
+        if self._client is not None:
+            self._blocks = (_block_futures(self.X), _block_futures(self.y_index),
+                            _block_futures(self.sample_weight) if weighted
+                            else [None] * self.X.numblocks[0])
         self.bytes_per_evaluation = self._bytes_per_evaluation()
 
     size = property(lambda self: self.n_classes * (self.n_features + int(self.fit_intercept)))
@@ -1105,29 +1223,51 @@ class DistributedObjective:
 
         return _Objective.__call__(self, theta)
 
-    def _bytes_per_evaluation(self) -> int:
-        """Bytes one evaluation moves, whatever N is: W and b out to each
-        block's task (at most once per worker, plus the graph), and 1 + C(D+1)
-        float64 per block up the reduction tree."""
-        C, D = self.n_classes, self.n_features
-        k = 1 + C * D + (C if self.fit_intercept else 0)
-        return 8 * (C * (D + 1)) + 8 * k * self.X.numblocks[0]
+    def _parameters_embedded(self) -> bool:
+        n_blocks = self.X.numblocks[0]
+        return 8 * self.size * n_blocks <= _EMBED_PARAMETERS_BYTES
 
-    def partials(self, W: np.ndarray, b: Optional[np.ndarray], scale: float) -> da.Array:
-        """The tree-reduced (1 + C*D + C,) vector of (loss sum, dW, db), lazy."""
-        C, D = self.n_classes, self.n_features
-        k = 1 + C * D + (C if b is not None else 0)
-        W_key = dask.delayed(np.ascontiguousarray(W, dtype=np.float64), pure=True)
-        b_key = None if b is None else dask.delayed(np.asarray(b, dtype=np.float64), pure=True)
-        per_block = da.map_blocks(_fit_block, self.X, self.y_index[:, None], W_key, b_key, scale,
+    def _bytes_per_evaluation(self) -> int:
+        """Bytes one evaluation moves, whatever N is: W and b out (in each
+        block's task, or once to each worker when scattered) and
+        1 + C·D (+ C) float64 back per block."""
+        n_blocks = self.X.numblocks[0]
+        copies = n_blocks if self._client is None or self._parameters_embedded() else \
+            len(self._client.scheduler_info()["workers"])
+        return 8 * self.size * copies + 8 * (1 + self.size) * n_blocks
+
+    def partials(self, W: np.ndarray, b: Optional[np.ndarray], scale: float) -> np.ndarray:
+        """The summed (1 + C*D (+ C),) vector of (loss sum, dW, db) over the
+        blocks, with the per-row gradient factor ``scale`` (computed)."""
+        parameters = (np.ascontiguousarray(W, dtype=np.float64),
+                      None if b is None else np.ascontiguousarray(b, dtype=np.float64))
+        client = self._client
+        if client is None:
+            return np.asarray(self._partials_graph(parameters, scale).compute())
+        if not self._parameters_embedded():
+            parameters = client.scatter([parameters], broadcast=True, hash=False)[0]
+        level = client.map(_fit_block, *self._blocks, parameters=parameters, scale=scale,
+                           pure=False)
+        step = self.split_every
+        while len(level) > step:
+            level = [client.submit(_sum_vectors, *level[i:i + step], pure=False)
+                     for i in range(0, len(level), step)]
+        return _sum_vectors(*client.gather(level))
+
+    def _partials_graph(self, parameters: tuple, scale: float) -> da.Array:
+        """``partials`` as a Dask-array graph (local schedulers), lazy."""
+        k = 1 + self.size
+        s = self.sample_weight[:, None] if self.sample_weight is not None else None
+        per_block = da.map_blocks(_fit_block_as_row, self.X, self.y_index[:, None], s,
+                                  dask.delayed(parameters, pure=True), scale,
                                   chunks=((1,) * self.X.numblocks[0], (k,)), dtype=np.float64,
                                   meta=_meta(np.float64, 2))
         return per_block.sum(axis=0, split_every=self.split_every)
 
     def data_terms(self, W, b):
-        """(J / n, ∂(J / n)/∂W, ∂(J / n)/∂b): one distributed pass."""
+        """(J / Σs, ∂(J / Σs)/∂W, ∂(J / Σs)/∂b): one distributed pass."""
         C, D = self.n_classes, self.n_features
-        total = np.asarray(self.partials(W, b, 1.0 / self.weight_total).compute())
+        total = self.partials(W, b, 1.0 / self.weight_total)
         value = float(total[0]) / self.weight_total
         value += 0.5 * self.l2 * float(np.sum(W * W)) / self.weight_total
         dW = total[1:1 + C * D].reshape(C, D) + (self.l2 / self.weight_total) * W
@@ -1140,12 +1280,11 @@ class DistributedObjective:
 
 
 def distributed_objective(estimator: Any, X: Any, y: Any, sample_weight: Any = None):
-    """Validate Dask (X, y) for ``SoftmaxRegression.fit``, set ``classes_`` and
-    ``n_features_in_``, and return (DistributedObjective, θ₀)."""
+    """Validate Dask (X, y) (and sample_weight: a Dask or NumPy vector of
+    non-negative weights, one per row) for ``SoftmaxRegression.fit``, set
+    ``classes_`` and ``n_features_in_``, and return (DistributedObjective, θ₀)."""
     from fastxent.sklearn import _initial_intercept
 
-    if sample_weight is not None:
-        raise NotImplementedError("SoftmaxRegression.fit on Dask arrays takes no sample_weight yet")
     X = _as_dask(X, "X")
     y = _as_dask(y, "y")
     if X.ndim != 2:
@@ -1154,18 +1293,45 @@ def distributed_objective(estimator: Any, X: Any, y: Any, sample_weight: Any = N
         raise ValueError(f"y must have shape (n_samples,) = ({X.shape[0]},), got {y.shape}")
     if X.dtype.kind not in "biuf":
         raise ValueError(f"X must be numeric, got dtype {X.dtype}")
+    s = None
+    if sample_weight is not None:
+        s = _as_dask(sample_weight, "sample_weight")
+        if s.ndim != 1 or s.shape[0] != X.shape[0]:
+            raise ValueError(f"sample_weight.shape == {tuple(s.shape)}, expected "
+                             f"({X.shape[0]},)!")
+        if s.dtype.kind not in "biuf":
+            raise ValueError(f"sample_weight must be numeric, got dtype {s.dtype}")
     X = X.astype(np.float64).rechunk({1: -1})
     y = y.rechunk((X.chunks[0],))
-    classes = np.asarray(da.unique(y).compute())
+    if s is None:
+        X, y = dask.persist(X, y)  # once: on the workers from now on
+        classes = da.unique(y).compute()
+    else:
+        s = s.astype(np.float64).rechunk((X.chunks[0],))
+        X, y, s = dask.persist(X, y, s)
+        classes, s_min, s_max = dask.compute(da.unique(y), s.min(), s.max())
+    classes = np.asarray(classes)
     if len(classes) < 2:
         raise ValueError(
             "SoftmaxRegression needs samples of at least 2 classes in the data, but the "
             f"data contains only {'no class' if len(classes) == 0 else f'one class: {classes[0]!r}'}")
+    y_index = y.map_blocks(_class_index_block, classes, dtype=np.int64)
+    if s is not None:
+        if not (np.isfinite(s_min) and np.isfinite(s_max)):
+            raise ValueError("Input sample_weight contains NaN or infinity.")
+        if s_min < 0:
+            raise ValueError("Negative values in data passed to `sample_weight`")
+        present = np.asarray(da.bincount(y_index, weights=s, minlength=len(classes)).compute()) > 0
+        if present.sum() < 2:
+            raise ValueError(
+                "SoftmaxRegression needs samples of at least 2 classes with a positive "
+                f"sample_weight, but only class {classes[present][0]!r} has any")
+        if s_min == s_max == 1:
+            s = None  # as the in-memory fit: unit weights are no weights
     estimator.classes_ = classes
     estimator.n_features_in_ = X.shape[1]
-    y_index = y.map_blocks(_class_index_block, classes, dtype=np.int64)
     fun = DistributedObjective(X, y_index, len(classes), float(estimator.l2),
-                               bool(estimator.fit_intercept))
+                               bool(estimator.fit_intercept), sample_weight=s)
     theta0 = np.zeros(fun.size)
     if estimator.fit_intercept:
         theta0[-len(classes):] = _initial_intercept(fun.class_counts)

@@ -340,6 +340,75 @@ def test_softmax_regression_dask_matches_in_memory(client, rng):
     assert float(score.compute()) == pytest.approx(memory.score(X, y))
 
 
+def test_softmax_regression_dask_sample_weight_matches_in_memory(client, rng):
+    """Weighted rows (some of weight 0) as a Dask vector chunked like y, and as
+    a NumPy vector: the in-memory weighted optimum, objective to 1e-8."""
+    from fastxent.sklearn import SoftmaxRegression
+
+    X, y = _classification(rng, n=2000)
+    s = rng.uniform(0.0, 3.0, len(y))
+    s[rng.random(len(y)) < 0.2] = 0.0
+    memory = SoftmaxRegression(l2=1.0).fit(X, y, sample_weight=s)
+    dX, dy = da.from_array(X, chunks=(500, 8)), da.from_array(y, chunks=500)
+    for weights in (da.from_array(s, chunks=500), s):
+        model = SoftmaxRegression(l2=1.0).fit(dX, dy, sample_weight=weights)
+        assert abs(model.objective_ - memory.objective_) <= 1e-8 * abs(memory.objective_)
+        np.testing.assert_allclose(model.coef_, memory.coef_, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(model.intercept_, memory.intercept_, rtol=1e-5, atol=1e-6)
+    unweighted = SoftmaxRegression(l2=1.0).fit(X, y)
+    ones = SoftmaxRegression(l2=1.0).fit(dX, dy, sample_weight=da.ones(len(y), chunks=500))
+    assert abs(ones.objective_ - unweighted.objective_) <= 1e-8 * abs(unweighted.objective_)
+
+
+@pytest.mark.parametrize("weights, message", [
+    (lambda n: -np.ones(n), "Negative values in data passed to `sample_weight`"),
+    (lambda n: np.full(n, np.nan), "NaN or infinity"),
+    (lambda n: np.ones(n + 1), "sample_weight.shape"),
+    (lambda n: np.r_[np.ones(n // 2), np.zeros(n - n // 2)], "at least 2 classes with a positive"),
+], ids=["negative", "nan", "length", "one-class"])
+def test_softmax_regression_dask_bad_sample_weight(client, weights, message):
+    from fastxent.sklearn import SoftmaxRegression
+
+    n = 40
+    X = da.from_array(np.arange(2.0 * n).reshape(n, 2), chunks=(10, 2))
+    y = da.from_array(np.repeat([0, 1], n // 2), chunks=10)  # class 1 only in the second half
+    with pytest.raises(ValueError, match=message):
+        SoftmaxRegression().fit(X, y, sample_weight=weights(n))
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+def test_distributed_objective_futures_path_matches_the_graph_path(client, rng, weighted):
+    """One evaluation by tasks on the persisted blocks' futures (the cluster
+    path, a tree of sums at split_every=2 over 7 blocks) equals the Dask-array
+    graph of the same per-block work (the local-scheduler path) and the
+    in-memory objective."""
+    from fastxent import sklearn as fsk
+
+    X, labels = _classification(rng, n=1400)
+    y = np.searchsorted(np.unique(labels), labels)
+    s = rng.uniform(0.5, 2.0, len(y)) if weighted else None
+    dX, dy = da.from_array(X, chunks=(200, 8)), da.from_array(y, chunks=200)
+    ds = da.from_array(s, chunks=200) if weighted else None
+    futures = fxd.DistributedObjective(dX, dy, 4, 1.0, True, split_every=2, sample_weight=ds)
+    assert futures._client is client
+    graph = fxd.DistributedObjective(dX, dy, 4, 1.0, True, split_every=2, sample_weight=ds)
+    graph._client = None
+    with dask.config.set(scheduler="synchronous"):
+        local_scheduler = fxd.DistributedObjective(dX, dy, 4, 1.0, True, sample_weight=ds)
+    assert local_scheduler._client is None
+    memory = fsk._Objective(X, y, s, 4, 1.0, True)
+    theta = rng.standard_normal(futures.size) * 0.1
+    value, grad = memory(theta)
+    for fun in (futures, graph):
+        got_value, got_grad = fun(theta)
+        assert got_value == pytest.approx(value, rel=1e-12)
+        np.testing.assert_allclose(got_grad, grad, rtol=1e-9, atol=1e-12)
+    with dask.config.set(scheduler="synchronous"):
+        got_value, got_grad = local_scheduler(theta)
+    assert got_value == pytest.approx(value, rel=1e-12)
+    np.testing.assert_allclose(got_grad, grad, rtol=1e-9, atol=1e-12)
+
+
 def test_softmax_regression_survives_a_killed_worker(client, rng, monkeypatch):
     """A worker process killed in the middle of fit (its persisted blocks of X
     lost): Dask recomputes them from the graph and the fit ends at the same
@@ -355,6 +424,7 @@ def test_softmax_regression_survives_a_killed_worker(client, rng, monkeypatch):
 
     def data_terms_killing_a_worker(self, W, b):
         state["calls"] += 1
+        assert self._client is client  # the evaluations by tasks on the block futures
         if state["calls"] == 3:
             holders = client.who_has(self.X)  # the worker holding X's first block dies
             victim = next(iter(holders.values()))[0]
