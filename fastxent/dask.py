@@ -47,15 +47,7 @@ import numpy as np
 import fastxent._api as api
 from fastxent import _checks as checks
 
-__all__ = [
-    "logsumexp", "softmax", "log_softmax",
-    "cross_entropy", "cross_entropy_with_grad",
-    "binary_cross_entropy", "binary_cross_entropy_with_grad",
-    "binary_cross_entropy_with_logits", "binary_cross_entropy_with_logits_with_grad",
-    "entropy", "entropy_with_grad", "kl_divergence", "kl_divergence_with_grad",
-    "cross_entropy_probs", "cross_entropy_probs_with_grad",
-    "linear_cross_entropy", "linear_cross_entropy_with_grad",
-]
+__all__ = [*checks.ROW_FUNCTIONS, *checks.LINEAR_FUNCTIONS]
 
 
 # ================================================================== helpers
