@@ -47,15 +47,7 @@ import numpy as np
 import fastxent._api as api
 from fastxent import _checks as checks
 
-__all__ = [
-    "logsumexp", "softmax", "log_softmax",
-    "cross_entropy", "cross_entropy_with_grad",
-    "binary_cross_entropy", "binary_cross_entropy_with_grad",
-    "binary_cross_entropy_with_logits", "binary_cross_entropy_with_logits_with_grad",
-    "entropy", "entropy_with_grad", "kl_divergence", "kl_divergence_with_grad",
-    "cross_entropy_probs", "cross_entropy_probs_with_grad",
-    "linear_cross_entropy", "linear_cross_entropy_with_grad",
-]
+__all__ = [*checks.ROW_FUNCTIONS, *checks.LINEAR_FUNCTIONS]
 
 
 # ================================================================== helpers
@@ -112,6 +104,45 @@ def _global_row(block_info: dict, input_index: int, local_row: int, n_batch_dims
     coords = np.unravel_index(local_row, local_shape)
     return int(np.ravel_multi_index(tuple(int(c) + start for c, (start, _) in zip(coords, location)),
                                     shape))
+
+
+def _limit_kernel_threads_in_a_worker() -> None:
+    """In a Dask worker's task thread, run the Numba kernels on at most
+    OMP_NUM_THREADS threads, as distributed asks of OpenMP and BLAS in its
+    workers (its ``pre-spawn-environ`` sets it to 1): each worker thread is
+    one slot of the cluster's cores, and Numba's default of every core per
+    worker oversubscribes them (on 2 cores, two workers' 2-thread kernels
+    ran 5-30x slower under load).  Numba's thread count is per thread, so
+    this sets only the calling task thread's; outside a worker it does
+    nothing."""
+    import os
+
+    limit = os.environ.get("OMP_NUM_THREADS")
+    if not limit or not limit.isdigit() or _current_worker() is None:
+        return
+    import numba
+
+    wanted = max(1, min(int(limit), numba.config.NUMBA_NUM_THREADS))
+    if numba.get_num_threads() != wanted:
+        numba.set_num_threads(wanted)
+
+
+def _current_worker() -> Any:
+    """The distributed Worker whose task thread this is, else None."""
+    try:
+        from distributed import get_worker
+    except ImportError:
+        return None
+    try:
+        return get_worker()
+    except ValueError:
+        return None
+
+
+def _api_block(x: np.ndarray, name: str, **kwargs: Any) -> Any:
+    """One block through the public function ``name`` (threads capped in a worker)."""
+    _limit_kernel_threads_in_a_worker()
+    return getattr(api, name)(x, **kwargs)
 
 
 def _pick(index: int):
@@ -203,6 +234,7 @@ def _partials_dtype(fields: Sequence[str]) -> np.dtype:
 def _block_max_and_log_sum(x: np.ndarray, axis: tuple) -> Tuple[np.ndarray, np.ndarray]:
     """(m, r) with keepdims over ``axis``: m the max where finite, else 0, and
     r = logsumexp(x - m) by ``fastxent.logsumexp``, both float64."""
+    _limit_kernel_threads_in_a_worker()
     if x.size == 0:
         shape = [1 if d in axis else n for d, n in enumerate(x.shape)]
         return np.zeros(shape), np.full(shape, -np.inf)
@@ -217,6 +249,7 @@ def _merge_partials(parts: np.ndarray, axis: Any, keepdims: bool = True) -> np.n
     """Merge structured partials along ``axis`` (the combine and aggregate step
     of the tree reduction): the log-sum-exp rule for (m, r), additive for the
     rest after rebasing to the new max."""
+    _limit_kernel_threads_in_a_worker()
     axis = axis if isinstance(axis, tuple) else (axis,)
     names = parts.dtype.names
     m = parts["m"]
@@ -292,9 +325,9 @@ def logsumexp(x: Any, axis: Any = -1, keepdims: bool = False) -> da.Array:
     if _single_chunk_along(x, axes):
         if keepdims:
             chunks = tuple((1,) if d in axes else c for d, c in enumerate(x.chunks))
-            return x.map_blocks(api.logsumexp, axis=axes, keepdims=True, chunks=chunks,
+            return x.map_blocks(_api_block, "logsumexp", axis=axes, keepdims=True, chunks=chunks,
                                 dtype=result, meta=_meta(result, x.ndim))
-        return x.map_blocks(api.logsumexp, axis=axes, drop_axis=axes, dtype=result,
+        return x.map_blocks(_api_block, "logsumexp", axis=axes, drop_axis=axes, dtype=result,
                             meta=_meta(result, x.ndim - len(axes)))
     stats = _row_stats(x, axes, work)
     return stats.map_blocks(_lse_from_stats, result, axes, keepdims,
@@ -319,8 +352,8 @@ def _softmax(x: Any, axis: Any, log: bool) -> da.Array:
     work, result = _work_dtype(x.dtype, "x")
     axes = _reduced_axes(x.ndim, axis)
     if _single_chunk_along(x, axes):
-        fn = api.log_softmax if log else api.softmax
-        return x.map_blocks(fn, axis=axes, dtype=result, meta=_meta(result, x.ndim))
+        fn = "log_softmax" if log else "softmax"
+        return x.map_blocks(_api_block, fn, axis=axes, dtype=result, meta=_meta(result, x.ndim))
     stats = _row_stats(x, axes, work)
     return da.map_blocks(_softmax_from_stats, x, stats, log, result, dtype=result,
                          meta=_meta(result, x.ndim))
@@ -387,6 +420,7 @@ def _ce_rows_block(x, t, weight, hard, n_classes, ignore_index, smoothing, batch
     """One block of whole rows: validate its labels (global row numbers), then
     one fastxent.cross_entropy(_with_grad) call.  Returns the (loss sum,
     denominator) pair (or per-row losses for "none"), and the gradient."""
+    _limit_kernel_threads_in_a_worker()
     kw = dict(weight=weight, label_smoothing=smoothing)
     if hard:
         kw["ignore_index"] = ignore_index
@@ -507,6 +541,7 @@ def _ce_rows_block_scaled(x, t, row_scale, weight, hard, n_classes, ignore_index
 def _ce_partials_block(x, t, weight, hard, n_classes, ignore_index, smoothing, batch_shape,
                        block_info=None):
     """Per-row partials of one (row block, class block): (..., 1) structured."""
+    _limit_kernel_threads_in_a_worker()
     work = np.float32 if x.dtype == np.float16 else x.dtype
     x = x.astype(work, copy=False)
     c0, c1 = block_info[0]["array-location"][-1]
@@ -569,6 +604,7 @@ def _ce_grad_block(x, t, stats, weight, row_scale, hard, smoothing, n_classes, w
                    result, block_info=None):
     """Gradient of one (row block, class block) from the merged row stats:
     scale * (A p_c - B_c), p_c = exp((x_c - M) - L)."""
+    _limit_kernel_threads_in_a_worker()
     c0, c1 = block_info[0]["array-location"][-1]
     w = None if weight is None else weight[c0:c1]
     M, L = stats["m"], stats["r"]
@@ -662,6 +698,7 @@ def cross_entropy_with_grad(logits: Any, target: Any, *, weight: Any = None,
 def _bce_block(v, t, w, pw, from_logits, reduction, grad_scale, want_grad, block_info=None):
     """One block: fastxent's BCE with reduction "sum" (or "none"); a bad
     probability is reported at its global index, as the NumPy path does."""
+    _limit_kernel_threads_in_a_worker()
     fn = api.binary_cross_entropy_with_logits if from_logits else api.binary_cross_entropy
     fn_grad = (api.binary_cross_entropy_with_logits_with_grad if from_logits
                else api.binary_cross_entropy_with_grad)
@@ -782,12 +819,14 @@ _DIVERGENCE = {"entropy": (api.entropy, api.entropy_with_grad),
 
 def _divergence_partial(p, q, kind, axes):
     """Per-block partial sums over the block's share of ``axes`` (keepdims)."""
+    _limit_kernel_threads_in_a_worker()
     fn = _DIVERGENCE[kind][0]
     value = fn(p, axis=axes) if kind == "entropy" else fn(p, q, axis=axes)
     return np.expand_dims(np.asarray(value, dtype=np.float64), axes)
 
 
 def _divergence_grad_block(p, q, kind, axes):
+    _limit_kernel_threads_in_a_worker()
     fn = _DIVERGENCE[kind][1]
     return (fn(p, axis=axes) if kind == "entropy" else fn(p, q, axis=axes))[1]
 
@@ -812,6 +851,7 @@ def _divergence(p, q, axis, kind, want_grad):
         fns = _DIVERGENCE[kind]
 
         def block(pb, qb=None):
+            _limit_kernel_threads_in_a_worker()
             args = (pb,) if qb is None else (pb, qb)
             return (fns[1] if want_grad else fns[0])(*args, axis=axes)
 
@@ -875,6 +915,7 @@ def _linear_block(xb, tb, W, bias, n_classes, weight, ignore_index, smoothing, h
     """One block of rows: its labels checked (global rows), then one
     fastxent.linear_cross_entropy(_with_grad) call with l2 = 0 (the penalty
     is added once, after the reduction).  Returns (value, dx, dW, dbias)."""
+    _limit_kernel_threads_in_a_worker()
     from fastxent import _linear
 
     labels, denominator = _block_labels(tb, xb.shape, hard, weight, n_classes, ignore_index,
@@ -1069,39 +1110,6 @@ def _fit_block(xb: np.ndarray, yb: np.ndarray, sb: Optional[np.ndarray], paramet
     if db is not None:
         parts.append(np.asarray(db, dtype=np.float64))
     return np.concatenate(parts)
-
-
-def _limit_kernel_threads_in_a_worker() -> None:
-    """In a Dask worker's task thread, run the Numba kernels on at most
-    OMP_NUM_THREADS threads, as distributed asks of OpenMP and BLAS in its
-    workers (its ``pre-spawn-environ`` sets it to 1): each worker thread is
-    one slot of the cluster's cores, and Numba's default of every core per
-    worker oversubscribes them (on 2 cores, two workers' 2-thread kernels
-    ran 5-30x slower under load).  Numba's thread count is per thread, so
-    this sets only the calling task thread's; outside a worker it does
-    nothing."""
-    import os
-
-    limit = os.environ.get("OMP_NUM_THREADS")
-    if not limit or not limit.isdigit() or _current_worker() is None:
-        return
-    import numba
-
-    wanted = max(1, min(int(limit), numba.config.NUMBA_NUM_THREADS))
-    if numba.get_num_threads() != wanted:
-        numba.set_num_threads(wanted)
-
-
-def _current_worker() -> Any:
-    """The distributed Worker whose task thread this is, else None."""
-    try:
-        from distributed import get_worker
-    except ImportError:
-        return None
-    try:
-        return get_worker()
-    except ValueError:
-        return None
 
 
 def _fit_block_as_row(xb, yb, sb, parameters, scale):

@@ -99,3 +99,46 @@ class DistributedObjective:
 
     def time_evaluation(self):
         self.objective(self.theta)
+
+
+class DistributedObjectiveOnCluster:
+    """The same evaluation on a 2-worker LocalCluster (1 thread each), as
+    ``SoftmaxRegression.fit`` runs it there: one task per persisted block on
+    the blocks' futures, against the previous design's Dask-array graph per
+    evaluation (``graph``)."""
+
+    params = ["futures", "graph"]
+    param_names = ["path"]
+    timeout = 180
+
+    def setup(self, path):
+        _require_backend()
+        try:
+            import logging
+
+            from distributed import Client, LocalCluster
+
+            from fastxent.dask import DistributedObjective as Objective
+        except ImportError:
+            raise NotImplementedError("distributed or the distributed objective is missing") from None
+        self.cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                    dashboard_address=None, silence_logs=logging.ERROR)
+        self.client = Client(self.cluster)
+        rng = np.random.default_rng(0)
+        X = rng.standard_normal((200_000, 64))
+        y = rng.integers(0, 10, 200_000)
+        self.objective = Objective(da.from_array(X, chunks=(25_000, 64)),
+                                   da.from_array(y, chunks=25_000), 10, 1.0, True)
+        if path == "graph":
+            if not hasattr(self.objective, "_client"):
+                raise NotImplementedError("this commit has only the graph path")
+            self.objective._client = None  # computed by the Dask-array graph, same cluster
+        self.theta = rng.standard_normal(self.objective.size) * 0.01
+        self.objective(self.theta)
+
+    def teardown(self, path):
+        self.client.close()
+        self.cluster.close()
+
+    def time_evaluation(self, path):
+        self.objective(self.theta)

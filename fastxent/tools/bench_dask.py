@@ -1,10 +1,12 @@
 """``python -m fastxent bench-dask``: the Dask backend's measurements (issue 15).
 
 * ``fit``: per-evaluation time of the distributed SoftmaxRegression objective
-  against N on a 2-worker LocalCluster (1 thread each), beside the in-process
-  fused objective on the same data (same 2 cores), interleaved; bytes moved per
-  evaluation; then full fits against scikit-learn's LogisticRegression in one
-  process.
+  against N on a 2-worker LocalCluster (1 thread each) -- by tasks on the
+  persisted blocks' futures (what ``fit`` does), and by a Dask-array graph per
+  evaluation (the earlier design) -- beside the in-process fused objective on
+  the same data (same 2 cores; the best of three thread settings),
+  interleaved; bytes moved per evaluation; then full fits against
+  scikit-learn's LogisticRegression in one process.
 * ``dask-ml``: time to the same binary objective against dask-ml's
   ``LogisticRegression(solver="lbfgs")`` on the same cluster (dask-ml fits
   two classes only).
@@ -61,7 +63,7 @@ def _data(n, d, c, seed=0):
 # ------------------------------------------------------------------- fit
 def bench_fit(sizes, d, c, repeats, out, fit_rows, json_path=None):
     import dask
-
+    import numba
     from threadpoolctl import threadpool_limits
 
     from fastxent import dask as fxd
@@ -82,7 +84,7 @@ def bench_fit(sizes, d, c, repeats, out, fit_rows, json_path=None):
             rng = np.random.default_rng(0)
             thetas = [rng.standard_normal(dist.size) * 0.01 for _ in range(repeats + 1)]
             dist(thetas[0]), graph(thetas[0]), local(thetas[0])  # warm up (compiles, BLAS threads)
-            times = {"distributed": [], "graph": [], "local": [], "local1": []}
+            times = {"distributed": [], "graph": [], "local": [], "local1": [], "serial": []}
             for theta in thetas[1:]:  # interleaved
                 for name, fun in (("distributed", dist), ("graph", graph), ("local", local)):
                     start = time.perf_counter()
@@ -95,20 +97,29 @@ def bench_fit(sizes, d, c, repeats, out, fit_rows, json_path=None):
                     start = time.perf_counter()
                     v0, _ = local(theta)
                     times["local1"].append(time.perf_counter() - start)
+                    # and Numba on one thread too: on a loaded machine this can win
+                    threads = numba.get_num_threads()
+                    numba.set_num_threads(1)
+                    start = time.perf_counter()
+                    local(theta)
+                    times["serial"].append(time.perf_counter() - start)
+                    numba.set_num_threads(threads)
                 assert abs(v1 - v0) <= 1e-9 * abs(v0), (v1, v0)
             t = {name: float(np.median(v)) for name, v in times.items()}
-            best_local = min(t["local"], t["local1"])
+            best_local = min(t["local"], t["local1"], t["serial"])
             row = dict(n=n, d=d, c=c, blocks=X.numblocks[0],
                        distributed_s=t["distributed"], graph_per_evaluation_s=t["graph"],
                        in_process_s=best_local, in_process_blas_threads_s=t["local"],
                        in_process_blas_1_thread_s=t["local1"],
+                       in_process_1_thread_s=t["serial"],
                        bytes_per_evaluation=dist.bytes_per_evaluation)
             row["overhead"] = row["distributed_s"] / row["in_process_s"]
             row["graph_overhead"] = row["graph_per_evaluation_s"] / row["in_process_s"]
             rows.append(row)
             print(f"  N={n:>9}  distributed {t['distributed'] * 1e3:8.1f} ms (graph per evaluation "
                   f"{t['graph'] * 1e3:.1f})  in-process {best_local * 1e3:8.1f} ms (BLAS threads "
-                  f"{t['local'] * 1e3:.1f}, 1 thread {t['local1'] * 1e3:.1f})  ratio "
+                  f"{t['local'] * 1e3:.1f}, BLAS 1 thread {t['local1'] * 1e3:.1f}, all 1 thread "
+                  f"{t['serial'] * 1e3:.1f})  ratio "
                   f"{row['overhead']:.2f} (graph {row['graph_overhead']:.2f})  moved "
                   f"{row['bytes_per_evaluation']} B/evaluation", file=out, flush=True)
             client.cancel([X, y])
@@ -262,10 +273,11 @@ def lazy_logits(n_rows, n_classes, row_chunk, class_chunk):
     return da.block(blocks)
 
 
-def bench_logits(gib, compare_gib, n_classes, out):
+def bench_logits(gib, compare_gib, n_classes, out, large_cases=("classes",)):
     """The four cases on ``compare_gib`` GiB (after a warm-up call that loads
-    or compiles the kernels), then fastxent classes-chunked alone on ``gib``
-    GiB (more than the machine's memory), with the peak resident memory."""
+    or compiles the kernels), then ``large_cases`` (fastxent classes-chunked by
+    default; "reference" for the map_blocks reference) on ``gib`` GiB (more
+    than the machine's memory), with the peak resident memory of each run."""
     import dask
 
     import fastxent as fx
@@ -295,23 +307,58 @@ def bench_logits(gib, compare_gib, n_classes, out):
         n_rows = max(row_chunk, int(size_gib * 2**30 / (4 * n_classes)) // row_chunk * row_chunk)
         graph(case, row_chunk)[1].compute()  # warm-up: kernels loaded or compiled
         x, g = graph(case, n_rows)
-        start = time.perf_counter()
-        value = float(g.compute())
-        seconds = time.perf_counter() - start
+        with _PeakResidentMemory() as during:
+            start = time.perf_counter()
+            value = float(g.compute())
+            seconds = time.perf_counter() - start
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         row = dict(case=names[case], gib=x.nbytes / 2**30, seconds=seconds,
-                   gib_per_s=x.nbytes / 2**30 / seconds, value=value, peak_rss_gib=peak / 2**20)
+                   gib_per_s=x.nbytes / 2**30 / seconds, value=value,
+                   peak_rss_gib=during.peak / 2**30, peak_rss_so_far_gib=peak / 2**20)
         rows.append(row)
         print(f"  {row['case']:<55} {row['gib']:6.1f} GiB in {seconds:7.1f} s = "
-              f"{row['gib_per_s']:.3f} GiB/s  peak RSS so far {row['peak_rss_gib']:.2f} GiB  "
-              f"value {value:.8g}", file=out, flush=True)
+              f"{row['gib_per_s']:.3f} GiB/s  peak RSS during {row['peak_rss_gib']:.2f} GiB "
+              f"(process high-water mark {row['peak_rss_so_far_gib']:.2f})  value {value:.8g}",
+              file=out, flush=True)
 
     with dask.config.set(scheduler="threads", num_workers=2):
         for case in ("generation", "classes", "rows", "reference"):
             run(case, compare_gib)
-        if gib:
-            run("classes", gib)
+        for case in large_cases if gib else ():
+            run(case, gib)
     return dict(n_classes=n_classes, row_chunk=row_chunk, rows=rows)
+
+
+class _PeakResidentMemory:
+    """The largest resident set size of this process while the ``with`` block
+    runs, sampled every 50 ms from /proc/self/statm (``peak``, bytes)."""
+
+    def __enter__(self):
+        import os
+        import threading
+
+        self.peak = 0
+        self._page = os.sysconf("SC_PAGE_SIZE")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _resident(self) -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * self._page
+
+    def _sample(self):
+        while True:
+            self.peak = max(self.peak, self._resident())
+            if self._stop.wait(0.05):
+                return
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._resident())
+        return False
 
 
 def _reference_block_sum(x, t):
@@ -332,8 +379,10 @@ def _plot(result, path):
     n = [r["n"] for r in rows]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(n, [r["distributed_s"] * 1e3 for r in rows], "o-",
-            label="distributed (2 workers x 1 thread)")
-    ax.plot(n, [r["in_process_s"] * 1e3 for r in rows], "s--", label="in process (2 threads)")
+            label="distributed, tasks on block futures (2 workers x 1 thread)")
+    ax.plot(n, [r["graph_per_evaluation_s"] * 1e3 for r in rows], "^:",
+            label="distributed, a Dask-array graph per evaluation")
+    ax.plot(n, [r["in_process_s"] * 1e3 for r in rows], "s--", label="in process (best thread setting)")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("rows N")
@@ -360,6 +409,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--dask-ml-rows", type=int, default=400_000)
     parser.add_argument("--logits-gib", type=float, default=32.0,
                         help="size of the large class-chunked run (32 GiB; 0: skip)")
+    parser.add_argument("--large-cases", default="classes",
+                        help="cases run at --logits-gib, comma separated: classes, rows, "
+                             "reference, generation (classes)")
     parser.add_argument("--compare-gib", type=float, default=1.0,
                         help="size for the four-way throughput comparison (1 GiB)")
     parser.add_argument("--logits-classes", type=int, default=32768)
@@ -381,7 +433,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("cross-entropy over lazily generated logits (threaded scheduler, 2 threads):",
               file=out)
         result["logits"] = bench_logits(args.logits_gib, args.compare_gib, args.logits_classes,
-                                        out)
+                                        out, large_cases=args.large_cases.split(","))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)

@@ -30,13 +30,17 @@ def _block_data(block_id: int, rows: int, features: int, classes: int, seed: int
     return np.argmax(scores, axis=1) if with_y else X
 
 
-def lazy_dataset(n_samples: int, n_features: int, n_classes: int, rows_per_block: int, seed: int):
-    """(X, y) as Dask arrays whose blocks are generated on the workers."""
+def lazy_dataset(n_samples: int, n_features: int, n_classes: int, rows_per_block: int, seed: int,
+                 first_block: int = 0):
+    """(X, y) as Dask arrays whose blocks are generated on the workers.  The
+    planted model depends on ``seed`` only; blocks are numbered from
+    ``first_block``, so a held-out set from the same model takes block
+    numbers past the training set's."""
     import dask
     import dask.array as da
 
     X_blocks, y_blocks = [], []
-    for i, start in enumerate(range(0, n_samples, rows_per_block)):
+    for i, start in enumerate(range(0, n_samples, rows_per_block), start=first_block):
         rows = min(rows_per_block, n_samples - start)
         X_blocks.append(da.from_delayed(
             dask.delayed(_block_data, pure=True)(i, rows, n_features, n_classes, seed, False),
@@ -104,7 +108,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         worker_limit = min(limits) if limits and min(limits) else _parse_bytes(args.memory_limit)
         n = args.samples or int(1.05 * worker_limit / (8 * args.features))
         X, y = lazy_dataset(n, args.features, args.classes, args.rows_per_block, args.seed)
-        X_test, y_test = lazy_dataset(50_000, args.features, args.classes, 50_000, args.seed + 1)
+        X_test, y_test = lazy_dataset(50_000, args.features, args.classes, 50_000, args.seed,
+                                      first_block=X.numblocks[0])  # same model, new rows
         print(f"cluster: {client.scheduler_info()['address']}, {len(workers)} workers, memory limit "
               f"{worker_limit / 2**30:.2f} GiB per worker")
         print(f"data: {n} x {args.features} float64 = {X.nbytes / 2**30:.2f} GiB "
@@ -118,8 +123,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         per_block = 8 * (1 + args.classes * (args.features + 1))
         print(f"fit: {model.n_iter_} iterations in {seconds:.1f} s; objective {model.objective_:.10g}; "
               f"held-out accuracy {accuracy:.4f}")
-        print(f"moved per evaluation: W and b out ({8 * args.classes * (args.features + 1)} bytes "
-              f"to each worker), {per_block} bytes per block back ({per_block * X.numblocks[0]} "
+        parameters = 8 * args.classes * (args.features + 1)
+        print(f"moved per evaluation: W and b out inside each block's task ({parameters} bytes "
+              f"each), {per_block} bytes per block back ({(parameters + per_block) * X.numblocks[0]} "
               f"bytes in all), whatever N is")
     finally:
         client.close()
