@@ -74,10 +74,22 @@ def task_rows(task, rows_per_task, n_rows):
     return start, min(start + rows_per_task, n_rows)
 
 
+# Rows shorter than this take their max by compare-and-select: LLVM 22
+# vectorises the ``maxnum`` loop 64 float32 at a time with a NaN test per
+# element, and a shorter row runs all of it in scalar code, where its
+# compare-blend chain is twice the cost (a 10-class row: 22 ns).
+SHORT_MAX_ROW = 64
+
+
 @helper
 def row_max(x, i):
     """Largest element of row i, NaN ignored (-inf for an empty or all -inf row)."""
     m = x.dtype.type(-np.inf)
+    if x.shape[1] < SHORT_MAX_ROW:
+        for j in range(U(x.shape[1])):
+            v = x[i, j]
+            m = v if v > m else m  # one max instruction; False for a NaN v: ignored
+        return m
     for j in range(U(x.shape[1])):
         m = maxnum(m, x[i, j])
     return m
@@ -280,26 +292,32 @@ def redo_row_with_max(x, i, e, r, shifts, sums, log_sums, finite_shift):
 def short_rows_excess_again(x, start, e, shifts, sums, labels, ignore_index):
     """The short rows of a block whose sum was < 2 (one term dominating;
     sums[r] = sum - 1 < 1 on entry): their excess summed again without the
-    shift's own term, the label's or the first max's.  One call per block,
+    shift's own term.  A label row leaves out its label's column.  A
+    max-shifted row has e = exp(0) = 1 exactly wherever x[i, j] equals the
+    max, so its excess is the sum of the other terms plus one less than the
+    count of those: one pass, no search for the first max (which cost as
+    much as the rest of a 10-class row).  A row with no term at the shift
+    (all -inf under a finite shift) keeps sum - 1.  One call per block,
     plain loops inside (for confident data, these are most rows)."""
     n_classes = x.shape[1]
     for r in range(sums.shape[0]):
         if not sums[r] < 1.0:
             continue
         i = start + r
-        k = -1
+        s = 0.0
         if labels is not None and labels[i] != ignore_index:
-            k = labels[i]
-        else:
-            for j in range(n_classes):
-                if x[i, j] == shifts[r]:
-                    k = j
-                    break
-        if k >= 0:  # else no term is exp(0): an all -inf row under a finite shift
-            s = 0.0
-            for j in range(n_classes):
+            k = U(labels[i])
+            for j in range(U(n_classes)):
                 s += 0.0 if j == k else np.float64(e[r, j])
             sums[r] = s
+            continue
+        n_at_shift = 0
+        for j in range(U(n_classes)):
+            at_shift = x[i, j] == shifts[r]
+            s += 0.0 if at_shift else np.float64(e[r, j])
+            n_at_shift += 1 if at_shift else 0
+        if n_at_shift > 0:
+            sums[r] = s + (n_at_shift - 1)
 
 
 @helper
