@@ -124,7 +124,6 @@ GEMM_THREAD = 2 if SIMULATED else 8
 #: block per SM), where 128 spilled about 500 bytes into the inner loop.
 GEMM_MAX_REGISTERS = {4: 128, 8: 255}
 
-
 #: A GEMM whose output has fewer tiles than this splits its inner dimension
 #: into slices (one more grid dimension) to fill the GPU: two blocks on each
 #: of an H100/H200's 132 SMs.
@@ -152,6 +151,7 @@ def gemm_launch(n_rows: int, n_cols: int, depth: int) -> tuple[tuple[int, int, i
         raise ValueError(f"an output of {n_rows} rows exceeds the GEMM's grid "
                          f"({65535 * GEMM_TILE} rows)")
     return (col_tiles, row_tiles, slices), side * side, per_slice
+
 
 #: The linear cross-entropy's products for torch tensors and CuPy arrays go
 #: to their library's matmul (cuBLAS: tensor cores, tuned kernels) when True;

@@ -274,7 +274,6 @@ class CudaBackend:
             launch(p2, q2, int(kind), values, grad, tpr, _shuffle())
         return values, grad
 
-
     # ----------------------------------------------- linear cross-entropy
     def matmul(self, a: Any, b: Any, out: Any, *, transpose_a: bool = False,
                transpose_b: bool = False, bias: Optional[Any] = None,
