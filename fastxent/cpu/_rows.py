@@ -353,6 +353,81 @@ def sum_exp_rows(x, start, stop, e, shifts, sums, log_sums, finite_shift, labels
     finish_rows(x, start, e, shifts, sums, log_sums, finite_shift, labels, ignore_index)
 
 
+# Rows shorter than this, when only their sums are needed, are summed a
+# block of rows at a time in column-major order (:func:`short_sum_exp_rows`).
+TRANSPOSED_MAX_CLASSES = 64
+# Rows per column-major block: enough for each loop along the block's rows
+# to run in full vectors (64 float32 per unrolled iteration with AVX-512).
+TRANSPOSED_BLOCK_ROWS = 256
+
+
+@helper
+def short_sum_exp_rows(x, start, stop, e, shifts, sums, log_sums, finite_shift, labels, ignore_index):
+    """:func:`sum_exp_rows` for rows shorter than ``TRANSPOSED_MAX_CLASSES``
+    (``e`` has no rows: nothing is stored).
+
+    A row-major loop over 10 classes never reaches its vector body (16 or 64
+    elements at a time), so the max, subtract, exp and sum of a short row
+    ran in scalar code, one row after another.  Here a block of rows is
+    copied transposed, t[j, r] = x[start + r, j], and every pass runs along
+    the block's rows instead: vectorised whatever the class count.
+
+    The excess (see the module docstring) is summed in the same pass as the
+    exponentials, exactly: every term equal to the shift is exp(0) = 1, so
+    sum_{x_j != shift} e_j + (count(x_j == shift) - 1) is the sum less the
+    shift's own term, for a label shift as for the max (ties with the
+    label's logit are exp(0) too), and also for a row with no term at the
+    shift (all -inf under a finite shift: sum - 1).  So no row is summed
+    twice, dominated or not."""
+    n_classes = x.shape[1]
+    n_rows = stop - start
+    block_rows = min(n_rows, TRANSPOSED_BLOCK_ROWS)
+    t = np.empty((n_classes, block_rows), dtype=x.dtype)
+    partial = np.empty(block_rows, dtype=x.dtype)
+    at_shift = np.empty(block_rows, dtype=np.int32)
+    zero = x.dtype.type(0.0)
+    for first in range(0, n_rows, block_rows):
+        # views of this block, indexed by an unsigned r: an index such as
+        # first + r would be signed, and gathered (see U)
+        last = min(first + block_rows, n_rows)
+        count = U(last - first)
+        xb = x[start + first:start + last]
+        block_shifts = shifts[first:last]
+        block_sums = sums[first:last]
+        for j in range(U(n_classes)):
+            for r in range(count):
+                t[j, r] = xb[r, j]
+        for r in range(count):
+            block_shifts[r] = x.dtype.type(-np.inf)
+        for j in range(U(n_classes)):
+            for r in range(count):
+                v = t[j, r]
+                m = block_shifts[r]
+                block_shifts[r] = v if v > m else m  # NaN ignored, as row_max
+        if finite_shift:
+            for r in range(count):
+                m = block_shifts[r]
+                block_shifts[r] = m if math.isfinite(m) else zero
+        if labels is not None:
+            for r in range(count):
+                y = labels[start + first + r]
+                if y != ignore_index:
+                    block_shifts[r] = xb[r, y]
+        for r in range(count):
+            partial[r] = zero
+            at_shift[r] = 0
+        for j in range(U(n_classes)):
+            for r in range(count):
+                d = t[j, r] - block_shifts[r]
+                term = fast_exp_shifted(d)
+                at = d == 0  # x_j == shift, but False for inf - inf (NaN must reach the sum)
+                partial[r] += zero if at else term
+                at_shift[r] += 1 if at else 0
+        for r in range(count):
+            block_sums[r] = np.float64(partial[r]) + np.float64(at_shift[r] - 1)
+    finish_rows(x, start, e, shifts, sums, log_sums, finite_shift, labels, ignore_index)
+
+
 @helper
 def row_sum_without(e, r, k):
     """:func:`row_sum` of e's row r less its column k (nothing left out for
@@ -438,12 +513,17 @@ def block_exps(x, start, stop, keep_exps, finite_shift, labels=None, ignore_inde
     in fresh per-task buffers.  Unless ``keep_exps``, long rows are summed
     without storing their exponentials (e then has no rows).  ``labels``:
     hard-label cross-entropy rows, shifted by their target logit."""
-    if x.shape[1] >= LONG_ROW and not keep_exps:
+    if not keep_exps and (x.shape[1] >= LONG_ROW or x.shape[1] < TRANSPOSED_MAX_CLASSES):
         e, shifts, sums, log_sums = task_scratch(x, 0)
         shifts = np.empty(stop - start, dtype=x.dtype)
         sums = np.empty(stop - start)
         log_sums = np.empty(stop - start)
-        sum_exp_rows(x, start, stop, e, shifts, sums, log_sums, finite_shift, labels, ignore_index)
+        if x.shape[1] >= LONG_ROW:
+            sum_exp_rows(x, start, stop, e, shifts, sums, log_sums, finite_shift, labels,
+                         ignore_index)
+        else:
+            short_sum_exp_rows(x, start, stop, e, shifts, sums, log_sums, finite_shift, labels,
+                               ignore_index)
         return e, shifts, sums, log_sums
     e, shifts, sums, log_sums = task_scratch(x, stop - start)
     exp_rows(x, start, stop, e, shifts, sums, log_sums, finite_shift, labels, ignore_index)
