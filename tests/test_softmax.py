@@ -144,3 +144,54 @@ def test_long_rows_online_max_and_sum(dtype, n_classes):
             np.testing.assert_allclose(as64(g[finite]), w[finite], rtol=tol,
                                        atol=tol * np.abs(w[finite]).max(initial=0) + 1e-300,
                                        err_msg=name)
+
+
+def _short_rows(rng, dtype, n_classes, n_rows=700):
+    """(names, x): n_rows random rows of n_classes (several column-major
+    blocks of the short-row path), with special rows at block edges."""
+    x = (rng.standard_normal((n_rows, n_classes)) * 4).astype(dtype)
+    specials = {
+        "all -inf": np.full(n_classes, -np.inf),
+        "+inf": np.r_[np.inf, np.zeros(n_classes - 1)],
+        "+inf and -inf": np.r_[np.inf, np.full(n_classes - 1, -np.inf)],
+        "NaN": np.r_[np.zeros(n_classes - 1), np.nan],
+        "ties at the max": np.full(n_classes, 3.0),
+        "one term dominating (lse near 0)": np.r_[0.0, np.full(n_classes - 1, -40.0)],
+        "huge": np.r_[1e30, np.full(n_classes - 1, -1e30)],
+        "subnormal gaps": np.r_[0.0, np.full(n_classes - 1, -87.0 if dtype == np.float32 else -740.0)],
+    }
+    names = ["random"] * n_rows
+    for k, (name, row) in enumerate(specials.items()):
+        i = [0, 255, 256, 511, 512, 699, 300, 100][k]  # first/last rows of the blocks
+        x[i] = row.astype(dtype)
+        names[i] = name
+    return names, x
+
+
+@pytest.mark.parametrize("n_classes", [1, 2, 10, 63, 64])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_short_rows_column_major_blocks(rng, dtype, n_classes):
+    """logsumexp and log_softmax of short rows (column-major blocks of 256
+    rows under 64 classes, row by row from 64) against the float64
+    reference: NaN and inf placement exact, relative accuracy also where
+    the logsumexp is near 0 (its excess summed without the max's term)."""
+    names, x = _short_rows(rng, dtype, n_classes)
+    tol = 4e-6 if dtype == np.float32 else 1e-14
+    with np.errstate(all="ignore"):
+        lse, want_lse = fx.logsumexp(x), reference.logsumexp(as64(x))
+        lsm, want_lsm = fx.log_softmax(x), reference.log_softmax(as64(x))
+    for got, want in ((lse, want_lse), (lsm, want_lsm)):
+        got = as64(got).reshape(len(names), -1)
+        want = want.reshape(len(names), -1)
+        for name, row, g, w in zip(names, as64(x), got, want):
+            np.testing.assert_array_equal(np.isnan(g), np.isnan(w), err_msg=name)
+            finite = np.isfinite(w)
+            np.testing.assert_array_equal(g[~finite], w[~finite], err_msg=name)
+            # conditioning: lse = max + log1p(excess) cancels up to |max|
+            size = np.abs(row[np.isfinite(row)]).max(initial=0)
+            np.testing.assert_allclose(g[finite], w[finite], rtol=tol, atol=tol * size + 1e-300,
+                                       err_msg=name)
+    if n_classes > 1:  # [0, -40, ...]: lse = (C - 1) e^-40, kept to rtol
+        i = names.index("one term dominating (lse near 0)")
+        assert 0 < lse[i] < 1e-15
+        assert abs(lse[i] / ((n_classes - 1) * np.exp(-40.0)) - 1) < tol
