@@ -124,6 +124,21 @@ def _long_rows(dtype, c):
     return list(rows), np.array(list(rows.values()), dtype=dtype)
 
 
+def _assert_rows_match(names, got, want, rtol, size_of_row, x=None):
+    """Row by row (named for the message): NaN positions and infinities of
+    ``got`` exact against the float64 ``want``, finite values within rtol
+    and an absolute tol * size_of_row(x row, want row)."""
+    got = as64(got).reshape(len(names), -1)
+    want = want.reshape(len(names), -1)
+    rows = as64(x).reshape(len(names), -1) if x is not None else want
+    for name, row, g, w in zip(names, rows, got, want):
+        np.testing.assert_array_equal(np.isnan(g), np.isnan(w), err_msg=name)
+        finite = np.isfinite(w)
+        np.testing.assert_array_equal(g[~finite], w[~finite], err_msg=name)
+        np.testing.assert_allclose(g[finite], w[finite], rtol=rtol,
+                                   atol=rtol * size_of_row(row, w) + 1e-300, err_msg=name)
+
+
 @pytest.mark.parametrize("n_classes", [1000, 9000])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_long_rows_online_max_and_sum(dtype, n_classes):
@@ -136,14 +151,8 @@ def test_long_rows_online_max_and_sum(dtype, n_classes):
                   (fx.softmax(x), reference.softmax(as64(x))),
                   (fx.log_softmax(x), reference.log_softmax(as64(x)))]
     for got, want in checks:
-        for name, g, w in zip(names, np.atleast_2d(got.T).T if got.ndim == 1 else got,
-                              np.atleast_2d(want.T).T if want.ndim == 1 else want):
-            np.testing.assert_array_equal(np.isnan(g), np.isnan(w), err_msg=name)
-            finite = np.isfinite(w)
-            np.testing.assert_array_equal(g[~finite], w[~finite], err_msg=name)
-            np.testing.assert_allclose(as64(g[finite]), w[finite], rtol=tol,
-                                       atol=tol * np.abs(w[finite]).max(initial=0) + 1e-300,
-                                       err_msg=name)
+        _assert_rows_match(names, got, want, tol,
+                           lambda row, w: np.abs(w[np.isfinite(w)]).max(initial=0))
 
 
 def _short_rows(rng, dtype, n_classes, n_rows=700):
@@ -181,16 +190,9 @@ def test_short_rows_column_major_blocks(rng, dtype, n_classes):
         lse, want_lse = fx.logsumexp(x), reference.logsumexp(as64(x))
         lsm, want_lsm = fx.log_softmax(x), reference.log_softmax(as64(x))
     for got, want in ((lse, want_lse), (lsm, want_lsm)):
-        got = as64(got).reshape(len(names), -1)
-        want = want.reshape(len(names), -1)
-        for name, row, g, w in zip(names, as64(x), got, want):
-            np.testing.assert_array_equal(np.isnan(g), np.isnan(w), err_msg=name)
-            finite = np.isfinite(w)
-            np.testing.assert_array_equal(g[~finite], w[~finite], err_msg=name)
-            # conditioning: lse = max + log1p(excess) cancels up to |max|
-            size = np.abs(row[np.isfinite(row)]).max(initial=0)
-            np.testing.assert_allclose(g[finite], w[finite], rtol=tol, atol=tol * size + 1e-300,
-                                       err_msg=name)
+        # conditioning: lse = max + log1p(excess) cancels up to |max|
+        _assert_rows_match(names, got, want, tol,
+                           lambda row, w: np.abs(row[np.isfinite(row)]).max(initial=0), x)
     if n_classes > 1:  # [0, -40, ...]: lse = (C - 1) e^-40, kept to rtol
         i = names.index("one term dominating (lse near 0)")
         assert 0 < lse[i] < 1e-15

@@ -166,17 +166,19 @@ def row_max_sum_exp(x, i):
     return m, s
 
 
-# Rows shorter than this take the max and the sum in two passes: the second
-# re-reads the row from L1, and the two plain loops ran faster than the
-# blocked online one.
+# Rows at least this long (32 KiB of float32: more than L1) take their max
+# and sum in one read (online); shorter ones in two plain passes, the second
+# re-reading the row from L1, which ran faster than the blocked online loop.
+# softmax.py's one-pass write uses the same bound.
 ONE_READ_MIN_CLASSES = 8192
 
 
 @helper
 def max_shift_sum_exp(x, i, finite_shift):
     """(shift, sum_j exp(x[i, j] - shift)) for the max shift of
-    :func:`row_shift`: one read of the row (:func:`row_max_sum_exp`) unless
-    the max is infinite (or the row all NaN), which takes the two passes."""
+    :func:`row_shift`: one read of a row of ``ONE_READ_MIN_CLASSES`` or more
+    (:func:`row_max_sum_exp`) unless its max is infinite (or the row all
+    NaN); two passes otherwise."""
     if x.shape[1] < ONE_READ_MIN_CLASSES:
         shift = row_shift(x, i, finite_shift)
         return shift, row_sum_exp(x, i, shift)

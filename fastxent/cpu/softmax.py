@@ -8,13 +8,13 @@ from numba import prange
 
 from fastxent.cpu._jit import kernel
 from fastxent.cpu._fastmath import diff_minus, fast_exp_shifted
-from fastxent.cpu._rows import U, block_exps, exp_rows, task_rows
+from fastxent.cpu._rows import ONE_READ_MIN_CLASSES, U, block_exps, exp_rows, task_rows
 
-# softmax rows at least this long are written in one pass that recomputes
-# exp(x - max) after the one-read (max, sum); shorter rows (32 KB of float32:
-# L1) store the exponentials in the output and rescale them in place, which
-# measured 8% faster at 4096 x 1000 (znver5) than computing the exps twice.
-ONE_READ_SOFTMAX_CLASSES = 8192
+# softmax rows of at least ONE_READ_MIN_CLASSES (_rows: rows too long for
+# L1, whose max and sum are taken in one read) are written in one pass that
+# recomputes exp(x - max); shorter rows store the exponentials in the output
+# and rescale them in place, which measured 8% faster at 4096 x 1000
+# (znver5) than computing the exps twice.
 
 
 @kernel
@@ -32,7 +32,7 @@ def _softmax_rows(x, out, log, rows_per_task):
     n_rows, n_classes = x.shape
     for task in prange((n_rows + rows_per_task - 1) // rows_per_task):
         start, stop = task_rows(task, rows_per_task, n_rows)
-        if log or n_classes >= ONE_READ_SOFTMAX_CLASSES:
+        if log or n_classes >= ONE_READ_MIN_CLASSES:
             # long rows: (max, sum) in one read of x (online, see _rows);
             # the loop below is the only other pass: it reads x and writes out
             _, shifts, sums, log_sums = block_exps(x, start, stop, False, False)
@@ -52,7 +52,7 @@ def _softmax_rows(x, out, log, rows_per_task):
                 log_sum = x.dtype.type(log_sums[r])
                 for j in range(U(n_classes)):
                     out[i, j] = diff_minus(x[i, j], shift, log_sum)
-            elif n_classes >= ONE_READ_SOFTMAX_CLASSES:
+            elif n_classes >= ONE_READ_MIN_CLASSES:
                 # the exponentials again, rather than a store and a re-read
                 # of out: a second exp costs less than a pass over memory
                 shift = shifts[r]
